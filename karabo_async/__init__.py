@@ -1,0 +1,24 @@
+"""karabo-async: an asyncio control system for large scientific facilities, over RabbitMQ.
+
+Everything a device, macro or client author needs is importable from here; the submodules are the
+framework's own business.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BrokerUnavailable,
+    DecodeError,
+    EncodeError,
+    InstanceIdInUse,
+    InvalidInstanceId,
+    KaraboError,
+    NoSuchInstance,
+    NoSuchSlot,
+    RemoteError,
+    RequestTimeout,
+)
+
+# --- public exports (add yours below, one import per line group) ---
+
+__version__ = "0.1.0"
