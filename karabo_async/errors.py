@@ -79,3 +79,85 @@ class BrokerUnavailable(KaraboError, ConnectionError):
 
 class QueueLocked(KaraboError):
     """Transport level: an exclusive queue of that name is held by another connection."""
+
+
+# --- archive (data logger and configuration manager storage) ---
+
+
+class ArchiveError(KaraboError):
+    """Base of the errors raised by the archive store (``karabo_async.archive``)."""
+
+
+class ArchiveUnavailable(ArchiveError, ConnectionError):
+    """The archive database cannot be reached, at start or while running; ``url`` has no password."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"archive database {url} is unavailable: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class ArchiveVersionError(ArchiveError):
+    """The database was migrated by a newer karabo_async than this one; refusing to touch it."""
+
+
+class UnknownDevice(ArchiveError, LookupError):
+    """Nothing was ever archived for this device id."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(f"device {device_id!r} was never archived")
+        self.device_id = device_id
+
+
+class UnknownProperty(ArchiveError, LookupError):
+    """The device is archived, but this property of it never was."""
+
+    def __init__(self, device_id: str, path: str) -> None:
+        super().__init__(f"property {path!r} of device {device_id!r} was never archived")
+        self.device_id = device_id
+        self.path = path
+
+
+class BeforeDeviceExisted(ArchiveError, LookupError):
+    """A time earlier than anything archived for the device was asked for."""
+
+    def __init__(self, device_id: str, when: str, first: str) -> None:
+        super().__init__(
+            f"device {device_id!r} has no archived data at {when}: its first record is at {first}"
+        )
+        self.device_id = device_id
+        self.when = when
+        self.first = first
+
+
+class InvalidTimeRange(ArchiveError, ValueError):
+    """A time range whose start lies after its end."""
+
+
+class ArchiveValueError(ArchiveError, ValueError):
+    """An argument to the archive has the right type but a value it cannot accept."""
+
+
+class ArchiveTypeError(ArchiveError, TypeError):
+    """An argument to the archive has a type it cannot accept."""
+
+
+class ConfigurationExists(ArchiveError, ValueError):
+    """A configuration of that name is already saved for the device (names are unique per device)."""
+
+    def __init__(self, name: str, device_id: str) -> None:
+        super().__init__(
+            f"a configuration named {name!r} is already saved for device {device_id!r}"
+            " (delete it first or save with overwrite=True)"
+        )
+        self.name = name
+        self.device_id = device_id
+
+
+class UnknownConfiguration(ArchiveError, LookupError):
+    """No configuration of that name is saved for the device."""
+
+    def __init__(self, name: str, device_id: str) -> None:
+        super().__init__(f"no configuration named {name!r} is saved for device {device_id!r}")
+        self.name = name
+        self.device_id = device_id
