@@ -161,3 +161,36 @@ class UnknownConfiguration(ArchiveError, LookupError):
         super().__init__(f"no configuration named {name!r} is saved for device {device_id!r}")
         self.name = name
         self.device_id = device_id
+
+
+class SchemaError(KaraboError, TypeError):
+    """A class declares its properties, slots or state machine wrongly; the text names the culprit."""
+
+
+class IllegalTransition(KaraboError):
+    """A state machine was sent an event its current state does not accept (or whose guard refused)."""
+
+    def __init__(self, state: str, event: str, reason: str = "", allowed: tuple[str, ...] = ()) -> None:
+        why = reason or f"not allowed in state {state}"
+        accepted = f" (accepted here: {', '.join(allowed)})" if allowed else ""
+        super().__init__(f"event {event!r} in state {state}: {why}{accepted}")
+        self.state = state
+        self.event = event
+        self.reason = why
+        self.allowed = allowed
+
+
+class ConfigurationError(KaraboError, ValueError):
+    """A configuration was refused; ``errors`` lists every bad key with its reason."""
+
+    what = "invalid configuration"
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(f"{self.what}: " + "; ".join(f"{key}: {reason}" for key, reason in errors))
+        self.errors = errors
+
+
+class ReconfigurationError(ConfigurationError):
+    """A change to a running instance was refused as a whole; ``errors`` lists each key and reason."""
+
+    what = "reconfiguration refused"
