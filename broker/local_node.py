@@ -138,12 +138,28 @@ def ensure_rabbitmq_installed() -> None:
             policy.unlink()
 
 
+def _config_key(line: str) -> str:
+    return line.partition("=")[0].strip()
+
+
+def _merge_config(defaults: Iterable[str], extra: Iterable[str]) -> list[str]:
+    """``defaults`` without the keys ``extra`` sets (``a`` also yields to ``a.b``), then ``extra``."""
+    extra = [line for line in extra if line.strip() and not line.lstrip().startswith("#")]
+    extra_keys = {_config_key(line) for line in extra}
+
+    def overridden(key: str) -> bool:
+        return any(other == key or other.startswith(key + ".") for other in extra_keys)
+
+    return [line for line in defaults if not overridden(_config_key(line))] + extra
+
+
 class LocalRabbitNode:
     """A RabbitMQ node of our own, in a directory of its own, listening on 127.0.0.1 only.
 
     ``base_dir`` keeps data between ``restart()`` calls (and between runs, when given); without it a
     temporary directory is made and removed on ``stop()``. Ports not given are picked free ones and
-    stay the same for the node's life, so clients can reconnect after a restart.
+    stay the same for the node's life, so clients can reconnect after a restart. ``extra_config``
+    lines (``key = value``) go into its rabbitmq.conf, replacing the defaults they name.
 
     Example::
 
@@ -157,12 +173,14 @@ class LocalRabbitNode:
         amqp_port: int | None = None,
         management_port: int | None = None,
         plugins: Iterable[str] = (),
+        extra_config: Iterable[str] = (),
     ) -> None:
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="karabo-rmq-")).resolve()
         self.amqp_port = amqp_port or free_port()
         self.dist_port = free_port()
         self.plugins = tuple(plugins)
+        self.extra_config = tuple(extra_config)
         if management_port is not None and "rabbitmq_management" not in self.plugins:
             self.plugins += ("rabbitmq_management",)
         if "rabbitmq_management" in self.plugins and management_port is None:
@@ -222,7 +240,7 @@ class LocalRabbitNode:
         ]
         if self.management_port is not None:
             conf += [f"management.tcp.port = {self.management_port}", "management.tcp.ip = 127.0.0.1"]
-        (etc / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
+        (etc / "rabbitmq.conf").write_text("\n".join(_merge_config(conf, self.extra_config)) + "\n")
         (etc / "advanced.config").write_text("[].\n")
         (etc / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         # An empty env file, else /etc/rabbitmq/rabbitmq-env.conf (the system node's) is read.

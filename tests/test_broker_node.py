@@ -167,6 +167,39 @@ async def test_deployment_definitions_load_and_bound_instance_queues(
         pass
 
 
+@pytest.mark.slow
+async def test_deployment_configuration_boots_without_guest() -> None:
+    # The deployment's own rabbitmq.conf and plugins, with its ports moved off the system broker's.
+    broker_dir = REPO_ROOT / "broker"
+    moved = {
+        "load_definitions": str(broker_dir / "definitions.json"),
+        "listeners.tcp.default": None,  # LocalRabbitNode listens on 127.0.0.1:<free port>
+        "management.tcp.port": str(local_node.free_port()),
+        "prometheus.tcp.port": str(local_node.free_port()),
+        "disk_free_limit.absolute": "50MB",
+    }
+    config = []
+    for line in (broker_dir / "rabbitmq.conf").read_text().splitlines():
+        key = line.partition("=")[0].strip()
+        if key in moved:
+            if moved[key] is not None:
+                config.append(f"{key} = {moved[key]}")
+        else:
+            config.append(line)
+    plugins = (broker_dir / "enabled_plugins").read_text().strip().strip("[].").split(",")
+    node = LocalRabbitNode(plugins=plugins, extra_config=config)
+    await asyncio.to_thread(node.start, 90)
+    try:
+        port = node.amqp_port
+        async with await aio_pika.connect(f"amqp://karabo:karabo-change-me@127.0.0.1:{port}/karabo"):
+            pass
+        # Definitions loaded at boot: no default guest user, even from loopback.
+        with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+            await aio_pika.connect(node.url)
+    finally:
+        await asyncio.to_thread(node.cleanup)
+
+
 def test_definitions_bound_every_lane() -> None:
     definitions = json.loads((REPO_ROOT / "broker" / "definitions.json").read_text())
     vhosts = {vhost["name"] for vhost in definitions["vhosts"]}
@@ -261,7 +294,7 @@ async def test_ensure_starts_a_detached_node_where_none_answers(
         [sys.executable, str(LOCAL_NODE_SCRIPT), "ensure", "--url", url],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=110,
         check=False,
     )
     directory = local_node._default_dir(port)
@@ -294,3 +327,11 @@ def test_cli_needs_a_command() -> None:
     )
     assert result.returncode == 2
     assert "start" in result.stderr and "ensure" in result.stderr
+
+
+def test_extra_config_replaces_the_defaults_it_names() -> None:
+    merged = local_node._merge_config(
+        ["loopback_users = none", "log.console = false", "listeners.tcp.1 = 127.0.0.1:1"],
+        ["# a comment", "loopback_users.guest = true", "log.console = true", ""],
+    )
+    assert merged == ["listeners.tcp.1 = 127.0.0.1:1", "loopback_users.guest = true", "log.console = true"]
