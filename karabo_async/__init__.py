@@ -20,5 +20,7 @@ from .errors import (
 )
 
 # --- public exports (add yours below, one import per line group) ---
+from .hash import Hash as Hash
+from .timestamp import Timestamp as Timestamp
 
 __version__ = "0.1.0"
