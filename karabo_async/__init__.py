@@ -20,6 +20,8 @@ from .errors import (
 )
 
 # --- public exports (add yours below, one import per line group) ---
+from .signalslot import SignalSlotable
+from .topology import Topology, TopologyEvent
 from .hash import Hash as Hash
 from .timestamp import Timestamp as Timestamp
 
