@@ -20,6 +20,11 @@ from .errors import (
 )
 
 # --- public exports (add yours below, one import per line group) ---
+from .errors import ConfigurationError, IllegalTransition, ReconfigurationError, SchemaError
+from .states import AccessLevel, AlarmCondition, State
+from .fsm import BoundStateMachine, StateChange, StateMachine, Transition
+from .properties import Float32, Float64, Image, Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64
+from .schema import Configurable, Node, Property, Schema, SlotSpec, schema_of, slot
 from .signalslot import SignalSlotable
 from .topology import Topology, TopologyEvent
 from .hash import Hash as Hash
