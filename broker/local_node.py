@@ -176,7 +176,9 @@ class LocalRabbitNode:
         extra_config: Iterable[str] = (),
     ) -> None:
         self._own_dir = base_dir is None
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="karabo-rmq-")).resolve()
+        # Made on start(), so that constructing a node leaves nothing behind.
+        default_dir = Path(tempfile.gettempdir()) / f"karabo-rmq-{secrets.token_hex(4)}"
+        self.base_dir = Path(base_dir or default_dir).resolve()
         self.amqp_port = amqp_port or free_port()
         self.dist_port = free_port()
         self.plugins = tuple(plugins)
@@ -189,7 +191,7 @@ class LocalRabbitNode:
         # Derived from the directory so that a node started again in the same directory finds its
         # own data (mnesia keys its files by node name).
         suffix = "".join(c if c.isalnum() else "_" for c in self.base_dir.name)
-        self.nodename = f"karabo_{suffix}@localhost"
+        self.nodename = f"{suffix}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: int | None = None
 
