@@ -194,3 +194,30 @@ class ReconfigurationError(ConfigurationError):
     """A change to a running instance was refused as a whole; ``errors`` lists each key and reason."""
 
     what = "reconfiguration refused"
+
+
+class PipelineError(KaraboError):
+    """A pipeline channel could not do what was asked (bad configuration, peer unreachable, ...)."""
+
+
+class ShmFull(PipelineError, OSError):
+    """The shared-memory directory has no room for a pool: reserved at creation, so never a SIGBUS later."""
+
+    def __init__(self, path: str, size: int, reason: str) -> None:
+        super().__init__(f"cannot reserve {size} bytes of shared memory for {path!r}: {reason}")
+        self.path = path
+        self.size = size
+
+
+class PoolExhausted(PipelineError):
+    """Every slot of an output's shared-memory pool stayed in use through all allocation retries."""
+
+    def __init__(self, pool: str, slots: int, attempts: int, interval: float) -> None:
+        super().__init__(
+            f"shared-memory pool {pool!r}: all {slots} slots still in use after {attempts} attempts"
+            f" {interval:g} s apart (receivers too slow to release?)"
+        )
+        self.pool = pool
+        self.slots = slots
+        self.attempts = attempts
+        self.interval = interval
