@@ -192,6 +192,7 @@ class PropertySpec:
     item_kind: str = ""
     enum_type: Any = None
     enum_values: tuple[Any, ...] | None = None
+    enum_name: str = ""
     node_type: Any = None
 
     @property

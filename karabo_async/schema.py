@@ -352,6 +352,7 @@ def resolve(path: str, spec: PropertySpec, *, owner: str = "") -> dict[str, Prop
             item_kind=described.get("item_kind", ""),
             enum_type=enum_type,
             enum_values=enum_values,
+            enum_name=enum_type.__name__ if enum_type is not None else "",
         )
     }
 
@@ -475,7 +476,7 @@ class Schema:
             if spec.has_default and spec.kind != "node":
                 entry["default"] = plain(spec.default)
             if spec.kind == "enum":
-                entry["enum_name"] = spec.enum_type.__name__ if spec.enum_type is not None else ""
+                entry["enum_name"] = spec.enum_name
                 entry["enum_values"] = plain(spec.enum_values)
             properties[path] = entry
         return {
@@ -743,6 +744,7 @@ def _spec_from_document(path: str, entry: Mapping[str, Any]) -> PropertySpec:
         item_kind=item_kind,
         enum_type=enum_type,
         enum_values=enum_values,
+        enum_name=entry.get("enum_name", ""),
         **attrs,
     )
 
