@@ -18,6 +18,7 @@ import enum
 import math
 import struct
 import threading
+from itertools import chain
 from typing import Any, Final
 
 import msgpack
@@ -269,10 +270,7 @@ class _Decoder:
         if attrs:
             if not attrs.keys() <= data.keys():
                 raise DecodeError(f"Hash attributes for missing keys {sorted(attrs.keys() - data.keys())}")
-            for key, names in attrs.items():
-                if type(names) is not dict or not names:
-                    raise DecodeError(f"attributes of Hash key {key!r} must be a non-empty map")
-                _check_names(names, key)
+            _check_attributes(attrs)
         return Hash._from_trusted(data, attrs)
 
     def _array(self, payload: bytes) -> np.ndarray[Any, Any]:
@@ -319,13 +317,20 @@ def _check_hash_keys(data: dict[Any, Any], what: str) -> None:
         raise DecodeError(f"{what} {bad!r} is empty or contains '.'")
 
 
-def _check_names(names: dict[Any, Any], key: str) -> None:
+def _check_attributes(attrs: dict[str, Any]) -> None:
+    # every test here loops in C; the Python loops only run to name the culprit
+    if set(map(type, attrs.values())) != {dict} or not all(attrs.values()):
+        bad = next(key for key, names in attrs.items() if type(names) is not dict or not names)
+        raise DecodeError(f"attributes of Hash key {bad!r} must be a non-empty map")
+    names = list(chain.from_iterable(attrs.values()))
     try:
         "".join(names)
     except TypeError:
-        raise DecodeError(f"attribute names of Hash key {key!r} must be str") from None
+        bad = next(key for key, named in attrs.items() if any(type(name) is not str for name in named))
+        raise DecodeError(f"attribute names of Hash key {bad!r} must be str") from None
     if "" in names:
-        raise DecodeError(f"empty attribute name on Hash key {key!r}")
+        bad = next(key for key, named in attrs.items() if "" in named)
+        raise DecodeError(f"empty attribute name on Hash key {bad!r}")
 
 
 _PLAIN_HOOK: Final = _Decoder(None, 0).ext_hook

@@ -434,3 +434,16 @@ def test_nan_and_signed_zero_survive() -> None:
     back = decode(encode([math.nan, -0.0, np.array([np.nan, -0.0])]))
     assert math.isnan(back[0]) and math.copysign(1, back[1]) < 0
     assert np.isnan(back[2][0]) and np.signbit(back[2][1])
+
+
+def test_examples_in_wire_format_doc() -> None:
+    h = Hash(x=1)
+    h.set_attribute("x", "unit", "mm")
+    assert encode(h).hex(" ") == "c7 11 01 92 81 a1 78 01 81 a1 78 81 a4 75 6e 69 74 a2 6d 6d"
+    stamp = encode(Timestamp(1714564800, 25 * 10**16, 7))
+    assert stamp == bytes.fromhex("c718020000000066322ec003782dace9d900000000000000000007")
+    assert encode(1 + 2j) == bytes.fromhex("d8043ff00000000000004000000000000000")
+    framed = encode({"img": np.arange(2, dtype="<u2")})
+    assert framed[:18] == bytes.fromhex("d84b00010000000000110000000000000004")
+    assert framed[18:35] == bytes.fromhex("81a3696d67c7090394a33c753291020004")
+    assert framed[35:64] == bytes(29) and framed[64:] == bytes.fromhex("00000100")
