@@ -281,6 +281,13 @@ class StateMachine:
         self.running.add_listener(listener)
 
 
+def _takes_no_parameters(function: Callable[..., Any]) -> bool:
+    try:
+        return not inspect.signature(function).parameters
+    except (TypeError, ValueError):  # some builtins have no signature: pass them everything
+        return False
+
+
 def _starts(path: Sequence[State], prefix: Sequence[State]) -> bool:
     return tuple(path[: len(prefix)]) == tuple(prefix)
 
@@ -292,6 +299,9 @@ class BoundStateMachine:
         self.machine = machine
         self.owner = owner
         self._callbacks = {id(cb): self._resolve(cb, where) for where, cb in machine.callbacks()}
+        # Callbacks that take no parameters are called without the event's arguments: a guard like
+        # ``has_power(self)`` need not accept what the action needs.
+        self._no_parameters = {key for key, fn in self._callbacks.items() if _takes_no_parameters(fn)}
         self._path: list[State] = []
         self._enter_initial_path(machine, self._path)
         self._started = False
@@ -501,7 +511,10 @@ class BoundStateMachine:
         await self._notify(StateChange(old_state, self.state, event, self.path, reason))
 
     async def _call(self, callback: Callback, *args: Any, **kwargs: Any) -> Any:
-        result = self._callbacks[id(callback)](*args, **kwargs)
+        function = self._callbacks[id(callback)]
+        if (args or kwargs) and id(callback) in self._no_parameters:
+            args, kwargs = (), {}
+        result = function(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result

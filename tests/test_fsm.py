@@ -409,3 +409,9 @@ def test_bad_declarations_are_refused_early() -> None:
         _ = Owner().fsm
     with pytest.raises(SchemaError, match="no owner"):
         _ = Owner.fsm.state
+
+
+def test_docs_states_examples_run() -> None:
+    from test_schema import run_markdown_examples
+
+    run_markdown_examples("states.md")

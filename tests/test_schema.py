@@ -710,3 +710,28 @@ def test_json_schema_has_our_attributes() -> None:
     text = json.dumps(full)
     assert '"x-karabo"' in text and "required" in full and full["required"] == ["required"]
     assert full["properties"]["frame"]["default"] == [[0.0] * 3] * 2
+
+
+def run_markdown_examples(name: str) -> None:
+    """Run a docs page's Python blocks in order, in one namespace, as its reader would."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / name).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks
+    import sys
+    import types
+
+    # A real module, so that annotations naming the page's own imports resolve as in a file.
+    module = types.ModuleType(f"docs_{name.replace('.', '_')}")
+    sys.modules[module.__name__] = module
+    try:
+        for block in blocks:
+            exec(compile(block, name, "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_docs_schema_examples_run() -> None:
+    run_markdown_examples("schema.md")
