@@ -79,6 +79,8 @@ class PostgresStore(ArchiveStore):
                 max_size=pool_size,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
+                # JIT compilation costs ~0.3 s per reduction query and gains nothing on these plans
+                server_settings={"jit": "off"},
             )
         except _UNAVAILABLE as exc:
             raise ArchiveUnavailable(shown, _describe(exc)) from exc

@@ -457,13 +457,16 @@ def prepare_change(row: Change | tuple[Any, ...]) -> PreparedChange:
         raise ArchiveTypeError(
             f"a change must be Change(device_id, path, value, timestamp[, alarm]), not {row!r:.200}"
         )
-    device_id, path, value, timestamp = row[:4]
-    alarm = row[4] if len(row) == 5 else None
-    if type(device_id) is not str or not device_id:
+    if len(row) == 5:
+        device_id, path, value, timestamp, alarm = row
+    else:
+        device_id, path, value, timestamp = row
+        alarm = None
+    if type(device_id) is not str or not device_id or len(device_id) > _NAME_LIMIT:
         _check_name(device_id, "device_id")
-    if type(path) is not str or not path:
+    if type(path) is not str or not path or len(path) > _NAME_LIMIT:
         _check_name(path, f"property path of {device_id!r}")
-    if not isinstance(timestamp, Timestamp):
+    if type(timestamp) is not Timestamp and not isinstance(timestamp, Timestamp):
         raise ArchiveTypeError(
             f"timestamp of {device_id}.{path} must be a Timestamp, not {type(timestamp).__name__}"
         )
@@ -475,7 +478,17 @@ def prepare_change(row: Change | tuple[Any, ...]) -> PreparedChange:
         kind, num, val = encode_value(value)
     except ArchiveTypeError as exc:
         raise ArchiveTypeError(f"{device_id}.{path}: {exc}") from exc
-    return (device_id, path, timestamp_ns(timestamp), train_to_db(timestamp.train_id), kind, num, val, alarm)
+    train = timestamp.train_id
+    return (
+        device_id,
+        path,
+        timestamp_ns(timestamp),
+        train if train <= _NS_MAX else train_to_db(train),
+        kind,
+        num,
+        val,
+        alarm,
+    )
 
 
 def time_ns(when: TimeLike, what: str) -> int:

@@ -58,6 +58,22 @@ class ArrayRef:
 
 def encode_value(value: Any) -> Encoded:
     """Split ``value`` into the (kind, num, val) columns; raises ArchiveTypeError for the unencodable."""
+    # Fast paths for the values a logger sees most (exact types: subclasses take the general path).
+    cls = type(value)
+    if cls is float:
+        if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+            return KIND_FLOAT, value, None
+    elif cls is int:
+        if -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT:
+            return KIND_INT, float(value), None
+    elif cls is bool:
+        return KIND_BOOL, float(value), None
+    elif cls is str and len(value) <= LARGE_VALUE_BYTES // 4:  # UTF-8 takes at most 4 bytes a character
+        return KIND_STR, None, value.encode()
+    return _encode_any(value)
+
+
+def _encode_any(value: Any) -> Encoded:
     if value is None:
         return KIND_NONE, None, None
     if isinstance(value, bool | np.bool_):
