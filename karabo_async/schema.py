@@ -16,12 +16,11 @@ import inspect
 import sys
 import typing
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import pydantic
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
@@ -36,127 +35,12 @@ from .properties import (
     value_annotation,
 )
 from .properties import Property as Property
+from .slots import SLOT_ATTRIBUTE, SlotSpec, slot, state_allowed, state_refusal
 from .states import AccessLevel, AlarmCondition, State
 
-log = structlog.get_logger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-SLOT_ATTRIBUTE = "__karabo_slot__"
 PROPERTY_ATTRIBUTE = "__karabo_property__"
 """A class attribute carrying this attribute (e.g. a descriptor a Device put in place of a
 PropertySpec) is read as the PropertySpec it names."""
-
-
-# --- slots ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlotSpec:
-    """A slot's declaration: its public name, the method behind it and who may call it when."""
-
-    name: str
-    method: str
-    description: str = ""
-    displayed_name: str = ""
-    allowed_states: tuple[State, ...] | None = None
-    required_access_level: AccessLevel = AccessLevel.USER
-    is_async: bool = False
-    arguments: tuple[str, ...] = ()
-
-    def refusal(self, state: State | None, access_level: AccessLevel | None) -> str | None:
-        """Why a call is refused in this state at this level, or None if it is allowed."""
-        if state is not None and not _state_allowed(self.allowed_states, state):
-            return _state_reason(self.allowed_states, state)
-        if access_level is not None and access_level < self.required_access_level:
-            return f"needs access level {self.required_access_level.name}, caller has {access_level.name}"
-        return None
-
-    def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "description": self.description,
-            "displayed_name": self.displayed_name,
-            "required_access_level": int(self.required_access_level),
-            "arguments": list(self.arguments),
-        }
-        if self.allowed_states is not None:
-            doc["allowed_states"] = [s.value for s in self.allowed_states]
-        return doc
-
-    @classmethod
-    def from_document(cls, name: str, doc: Mapping[str, Any]) -> SlotSpec:
-        states = doc.get("allowed_states")
-        return cls(
-            name=name,
-            method=name.rsplit(".", 1)[-1],
-            description=doc.get("description", ""),
-            displayed_name=doc.get("displayed_name", ""),
-            allowed_states=None if states is None else tuple(State.from_name(s) for s in states),
-            required_access_level=AccessLevel(doc.get("required_access_level", AccessLevel.USER)),
-            arguments=tuple(doc.get("arguments", ())),
-        )
-
-
-@overload
-def slot(fn: F, /) -> F: ...
-@overload
-def slot(
-    name: str | None = None,
-    /,
-    *,
-    allowed_states: Iterable[State | str] | None = None,
-    required_access_level: AccessLevel | int = AccessLevel.USER,
-    description: str = "",
-    displayed_name: str = "",
-) -> Callable[[F], F]: ...
-def slot(
-    target: Any = None,
-    /,
-    *,
-    allowed_states: Iterable[State | str] | None = None,
-    required_access_level: AccessLevel | int = AccessLevel.USER,
-    description: str = "",
-    displayed_name: str = "",
-) -> Any:
-    """Mark a method (sync or async) as a slot: ``@slot``, ``@slot("name")`` or ``@slot(allowed_states=...)``.
-
-    The method itself is returned unchanged (a SlotSpec is attached to it), so ``self`` binds normally.
-    ``"name"`` is the slot's public name when it should differ from the method's.
-    """
-    states = None if allowed_states is None else tuple(State.from_name(s) for s in allowed_states)
-
-    def mark(fn: F, name: str | None = None) -> F:
-        if not callable(fn):
-            raise SchemaError(f"@slot decorates functions, not {fn!r}")
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        doc = inspect.getdoc(fn) or ""
-        spec = SlotSpec(
-            name=name or fn.__name__,
-            method=fn.__name__,
-            description=description or (doc.splitlines()[0] if doc else ""),
-            displayed_name=displayed_name,
-            allowed_states=states,
-            required_access_level=AccessLevel(required_access_level),
-            is_async=inspect.iscoroutinefunction(fn),
-            arguments=tuple(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)),
-        )
-        setattr(fn, SLOT_ATTRIBUTE, spec)
-        return fn
-
-    if callable(target):
-        return mark(target)
-    if target is not None and not isinstance(target, str):
-        raise SchemaError(f"@slot takes a function or a slot name, not {target!r}")
-    return lambda fn: mark(fn, target)
-
-
-def _state_allowed(allowed: tuple[State, ...] | None, state: State) -> bool:
-    return allowed is None or any(state.is_derived_from(a) for a in allowed)
-
-
-def _state_reason(allowed: tuple[State, ...] | None, state: State) -> str:
-    names = ", ".join(a.name for a in allowed or ())
-    return f"not allowed in state {state.name} (allowed in: {names})"
 
 
 # --- declaring classes ------------------------------------------------------------------------------
@@ -636,8 +520,8 @@ class Schema:
             return "init_only: can only be set when the instance is created"
         parts = path.split(".")
         for spec in (self.properties[".".join(parts[:i])] for i in range(1, len(parts) + 1)):
-            if not _state_allowed(spec.allowed_states, state):
-                return _state_reason(spec.allowed_states, state)
+            if not state_allowed(spec.allowed_states, state):
+                return state_refusal(spec.allowed_states, state)
             if access_level < spec.access_level:
                 return f"needs access level {spec.access_level.name}, caller has {AccessLevel(access_level).name}"
         return None
