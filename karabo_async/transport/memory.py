@@ -94,7 +94,8 @@ class MemoryBroker:
     def dead_letter(self, queue: _Queue, message: Message, reason: str) -> None:
         dlx = queue.spec.dead_letter_exchange
         if dlx:
-            self.route(dlx, message.routing_key, dataclasses.replace(message, death_reason=reason))
+            # as RabbitMQ does, a dead-lettered message loses its expiration so it cannot expire again
+            self.route(dlx, message.routing_key, dataclasses.replace(message, death_reason=reason, deadline=None))
 
     def expired(self, queue: _Queue, message: Message, enqueued: float) -> bool:
         ttl = queue.spec.message_ttl
