@@ -28,6 +28,7 @@ _LENGTH: Final = struct.Struct("<Q")
 _EXT_INLINE: Final = 1
 _EXT_SHM: Final = 2
 SHM_ALIGN: Final = 64
+_COALESCE: Final = 16 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -43,12 +44,19 @@ class Frame:
 def frame_parts(header: Mapping[str, Any] | bytes, buffers: Iterable[Buffer] = ()) -> list[Buffer]:
     """The pieces to write, in order, for a frame (the buffers themselves are not copied)."""
     packed = header if isinstance(header, bytes) else pack(header)
-    bufs = list(buffers)
+    bufs = [memoryview(b) for b in buffers]
     head = bytearray(_PREFIX.pack(MAGIC, len(packed), len(bufs)))
     for b in bufs:
-        head += _LENGTH.pack(memoryview(b).nbytes)
+        head += _LENGTH.pack(b.nbytes)
     head += packed
-    return [bytes(head), *bufs]
+    # Small leading buffers are cheaper copied than written with a system call of their own.
+    parts: list[Buffer] = []
+    for i, b in enumerate(bufs):
+        if b.nbytes > _COALESCE:
+            parts = [bytes(head), *bufs[i:]]
+            break
+        head += b
+    return parts or [bytes(head)]
 
 
 def pack(value: Any) -> bytes:
@@ -160,6 +168,8 @@ def unpack_header(frame: Frame, segment: mmap.mmap | None = None) -> dict[str, A
 
 def _ext_hook(buffers: list[np.ndarray], segment: mmap.mmap | None) -> Callable[[int, bytes], Any]:
     def hook(code: int, payload: bytes) -> Any:
+        if code not in (_EXT_INLINE, _EXT_SHM):
+            raise DecodeError(f"unknown ext type {code} in pipeline header")
         try:
             fields = msgpack.unpackb(payload, raw=False)
             if code == _EXT_INLINE:

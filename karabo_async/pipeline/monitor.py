@@ -175,18 +175,18 @@ async def monitor_main(argv: Sequence[str]) -> int:
     if not _is_dir(directory):
         print(f"shared-memory directory {directory!r} does not exist")
         return 2
-    removed = cleanup_session(session, timeout=timeout, directory=directory)
-    print(f"startup cleanup of session {session!r}: removed {len(removed)} dead owner(s)")
-    if args.list:
-        print(format_table(scan(None, timeout=timeout, directory=directory)))
-        return 0
-    if args.self_destruct:
-        return 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        removed = cleanup_session(session, timeout=timeout, directory=directory)
+        print(f"startup cleanup of session {session!r}: removed {len(removed)} dead owner(s)", flush=True)
+        if args.list:
+            print(format_table(scan(None, timeout=timeout, directory=directory)), flush=True)
+            return 0
+        if args.self_destruct:
+            return 0
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), args.interval / 1000)
