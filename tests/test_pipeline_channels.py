@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from karabo_async.errors import PipelineError
 from karabo_async.pipeline import InputEndpoint, ItemMeta, OutputEndpoint, Transport
 from karabo_async.pipeline.identity import host_id
+from karabo_async.pipeline.input import _StreamLink
 
 PATHS: list[Transport] = ["local", "shm", "tcp"]
 
@@ -451,3 +452,23 @@ async def test_writing_to_a_closed_output_raises() -> None:
 async def test_two_outputs_of_one_id_in_one_process_are_refused(output: OutputEndpoint) -> None:
     with pytest.raises(PipelineError, match="already running"):
         await OutputEndpoint("source", "output").start()
+
+
+async def test_an_input_dropping_mid_stream_costs_the_writer_nothing(
+    output: OutputEndpoint, make_input: Factory
+) -> None:
+    inp, sink = await make_input(transport="tcp", on_slowness="drop")
+    link = inp._connections[output.channel_id].link
+    assert isinstance(link, _StreamLink) and link.protocol is not None
+    link.protocol.abort()  # the connection breaks, as when a process vanishes
+    for n in range(20):
+        await output.write(item(n))  # never raises for a lost input
+    await until(
+        lambda: (
+            inp.stats["connections"][output.channel_id]["reconnects"] >= 1
+            and inp.connected == [output.channel_id]
+        )
+    )  # back by itself
+    await until(lambda: output.stats["inputs"]["sink:in"]["credits"] == 8)  # the new connection
+    await output.write(item(99))
+    await until(lambda: 99 in sink.numbers)

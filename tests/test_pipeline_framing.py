@@ -206,3 +206,16 @@ def test_shm_placeholder_outside_the_segment_is_refused() -> None:
     header = msgpack.packb({"k": "d", "d": msgpack.ExtType(2, msgpack.packb([4000, 800, "<f8", [100]]))})
     with pytest.raises(DecodeError, match="outside the segment"):
         unpack_header(Frame(header, []), segment)
+
+
+def test_a_hash_item_travels_as_a_mapping() -> None:
+    from karabo_async.hash import Hash
+
+    h = Hash()
+    h["a"] = 1
+    h["b.c"] = np.arange(4)
+    enc = ItemEncoder()
+    wire = b"".join(bytes(p) for p in frame_parts({"k": "d", "d": enc.encode(h)}, enc.buffers))
+    out = unpack_header(feed(FrameReader(), wire, [])[0])["d"]
+    assert out["a"] == 1
+    np.testing.assert_array_equal(out["b"]["c"], np.arange(4))

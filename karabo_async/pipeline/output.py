@@ -214,9 +214,14 @@ class _Subscriber:
             self._lost_while_sending(exc)
 
     def _lost_while_sending(self, exc: PipelineError) -> None:
-        if self.alive:
-            raise exc
-        log.debug("input went away while sending", output=self.output.channel_id, input=self.input_id)
+        # One input going away is no error of the writer's: forget it, the others carry on.
+        log.info(
+            "input went away while sending",
+            output=self.output.channel_id,
+            input=self.input_id,
+            error=str(exc),
+        )
+        self.output._remove(self)
 
     def kick(self) -> None:
         """Start sending what waits, if anything can go now."""
@@ -251,13 +256,7 @@ class _Subscriber:
                 finally:
                     head.finish(self.output._pool)
         except PipelineError as exc:
-            if self.alive:
-                log.warning(
-                    "sending to input failed",
-                    output=self.output.channel_id,
-                    input=self.input_id,
-                    error=str(exc),
-                )
+            self._lost_while_sending(exc)
         finally:
             self.busy = False
         self.kick()
