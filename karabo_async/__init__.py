@@ -63,5 +63,10 @@ from .signalslot import SignalSlotable
 from .topology import Topology, TopologyEvent
 from .hash import Hash as Hash
 from .timestamp import Timestamp as Timestamp
+from .errors import (
+    PipelineError as PipelineError,
+    PoolExhausted as PoolExhausted,
+    ShmFull as ShmFull,
+)
 
 __version__ = "0.1.0"
