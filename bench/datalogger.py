@@ -44,15 +44,9 @@ def logger_rows(count: int) -> list[Change]:
         device, prop = divmod(i % 1000, 50)
         stamp = Timestamp(T0 + i // 1000, (i % 1000) * 10**15, 1_000_000 + i // 1000)
         kind = prop % 10
-        value: Any = (
-            float(i) * 0.5
-            if kind < 6
-            else i
-            if kind < 8
-            else bool(i & 1)
-            if kind == 8
-            else f"state {i % 7}"
-        )
+        value: Any = float(i) * 0.5
+        if kind >= 6:
+            value = i if kind < 8 else bool(i & 1) if kind == 8 else f"state {i % 7}"
         rows.append(Change(f"bench/dev/{device}", f"prop{prop}", value, stamp, None))
     return rows
 
@@ -74,12 +68,14 @@ async def ingest(store: ArchiveStore, rows: list[Change]) -> float:
 async def raw_ingest(store: ArchiveStore, rows: list[Change], pg_url: str | None) -> float:
     """The same rows through the driver's bulk insert, encoded beforehand (not timed)."""
     await store.write_changes(rows[:1000])  # registers every property; their ids are then cached
-    keys = store._property_keys  # noqa: SLF001 - the baseline needs the ids the store assigned
+    keys = store._property_keys  # the ids the store assigned
     prepared = [prepare_change(r) for r in rows]
     records = [(keys[(d, p)][0], t, tid, k, n, v, a) for d, p, t, tid, k, n, v, a in prepared]
     if pg_url is None:
         db = store._db  # type: ignore[attr-defined]
-        sql = "INSERT INTO changes (property, t, train_id, kind, num, val, alarm) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        sql = (
+            "INSERT INTO changes (property, t, train_id, kind, num, val, alarm) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
 
         async def run() -> None:
             for i in range(0, len(records), BATCH):
@@ -94,7 +90,9 @@ async def raw_ingest(store: ArchiveStore, rows: list[Change], pg_url: str | None
         async def run() -> None:
             for i in range(0, len(records), BATCH):
                 async with conn.transaction():
-                    await conn.copy_records_to_table("changes", records=records[i : i + BATCH], columns=columns)
+                    await conn.copy_records_to_table(
+                        "changes", records=records[i : i + BATCH], columns=columns
+                    )
 
     try:
         return len(records) / await timed(run)
@@ -129,7 +127,9 @@ async def best_of(action: Callable[[], Awaitable[Any]], repeat: int) -> tuple[fl
     return min(times), statistics.median(times)
 
 
-async def bench_backend(name: str, url: str, raw_url: str, pg_url: str | None, rows: list[Change]) -> dict[str, Any]:
+async def bench_backend(
+    name: str, url: str, raw_url: str, pg_url: str | None, rows: list[Change]
+) -> dict[str, Any]:
     result: dict[str, Any] = {"backend": name}
     store = await open_store(url)
     raw_store = await open_store(raw_url)
@@ -153,7 +153,9 @@ async def bench_backend(name: str, url: str, raw_url: str, pg_url: str | None, r
             await store._db.execute("ANALYZE")  # type: ignore[attr-defined]
 
         history = await store.property_history("bench/history", "value", max_points=1000)
-        assert history.reduced and history.total == HISTORY_POINTS and len(history.points) <= 1000, history.total
+        assert history.reduced and history.total == HISTORY_POINTS and len(history.points) <= 1000, (
+            history.total
+        )
         result["history"] = await best_of(
             lambda: store.property_history("bench/history", "value", max_points=1000), 3
         )
@@ -188,7 +190,9 @@ def table(results: list[dict[str, Any]], rows: int) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1/postgres", help="server to bench on")
     parser.add_argument("--rows", type=int, default=200_000, help="changes for the ingest test")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")

@@ -110,9 +110,9 @@ async def test_every_kind_of_value_comes_back_with_its_stamp_and_train(store: Ar
         history = await store.property_history("dev/a", path)
         assert history.points == [(stamp(i + 0.000123456, 100 + i), value)], path
         assert not history.reduced and history.total == 1
-    [(when, array)] = (await store.property_history("dev/a", "array")).points
+    [(_, array)] = (await store.property_history("dev/a", "array")).points
     np.testing.assert_array_equal(array, np.arange(6.0).reshape(2, 3))
-    [(when, image)] = (await store.property_history("dev/a", "image")).points
+    [(_, image)] = (await store.property_history("dev/a", "image")).points
     assert image == ArrayRef((300, 300), "|u1", 90_000)
     assert await store.devices() == ["dev/a"]
     assert await store.properties("dev/a") == sorted([*VALUES, "array", "image"])
@@ -203,7 +203,7 @@ async def test_configuration_at_a_past_time_reads_latest_values_and_the_schema_t
     assert later.values["late"] == ("added", stamp(35))
     assert later.schema is not None and "late" in later.schema
     assert await store.schema_at("dev/e", stamp(35)) == later.schema
-    with pytest.raises(BeforeDeviceExisted, match="dev/e.*first record is at 2023-11-14T22:13:20"):
+    with pytest.raises(BeforeDeviceExisted, match=r"dev/e.*first record is at 2023-11-14T22:13:20"):
         await store.configuration_at("dev/e", stamp(-1))
     events = await store.events("dev/e")
     assert [(e.kind, e.info, e.timestamp) for e in events] == [("new", {"host": "server-1"}, stamp(0))]
@@ -225,7 +225,7 @@ async def test_errors_name_what_is_wrong(store: ArchiveStore) -> None:
         await store.property_history("dev/nope", "x")
     with pytest.raises(UnknownProperty, match="property 'y' of device 'dev/g' was never archived"):
         await store.property_history("dev/g", "y")
-    with pytest.raises(InvalidTimeRange, match="since .* is after until"):
+    with pytest.raises(InvalidTimeRange, match=r"since .* is after until"):
         await store.property_history("dev/g", "x", since=stamp(20), until=stamp(10))
     with pytest.raises(BeforeDeviceExisted):
         await store.property_history("dev/g", "x", until=stamp(1))
@@ -239,7 +239,7 @@ async def test_errors_name_what_is_wrong(store: ArchiveStore) -> None:
         await store.configuration_at(42, stamp(1))  # type: ignore[arg-type]
     with pytest.raises(ArchiveTypeError, match="schema of 'dev/g' must be a dict"):
         await store.write_schema("dev/g", stamp(1), ["x"])  # type: ignore[arg-type]
-    with pytest.raises(ArchiveTypeError, match="dev/g.bad: cannot archive"):
+    with pytest.raises(ArchiveTypeError, match=r"dev/g.bad: cannot archive"):
         await store.write_changes(
             [Change("dev/g", "ok", 1.0, stamp(11)), Change("dev/g", "bad", object(), stamp(11))]
         )
@@ -318,7 +318,7 @@ async def test_a_database_from_a_newer_version_is_refused(url: str) -> None:
         conn = await asyncpg.connect(url)
         await conn.execute("UPDATE archive_version SET version = 99")
         await conn.close()
-    with pytest.raises(ArchiveVersionError, match="schema version 99.*upgrade karabo_async"):
+    with pytest.raises(ArchiveVersionError, match=r"schema version 99.*upgrade karabo_async"):
         await open_store(url)
 
 
@@ -336,7 +336,7 @@ async def test_an_unreachable_database_fails_fast_naming_the_url_without_passwor
     assert "hunter2" not in str(info.value) and "postgresql://postgres@127.0.0.1" in str(info.value)
     with pytest.raises(ArchiveUnavailable, match="does not exist"):
         await open_store(f"{PG_ADMIN.rsplit('/', 1)[0]}/no_such_db_{uuid.uuid4().hex[:8]}")
-    with pytest.raises(ArchiveUnavailable, match="directory .*missing.* does not exist"):
+    with pytest.raises(ArchiveUnavailable, match=r"directory .*missing.* does not exist"):
         await open_store(f"sqlite://{tmp_path}/missing/archive.db")
     with pytest.raises(ArchiveValueError, match="must start with sqlite: or postgresql://"):
         await open_store("mysql://db/archive")

@@ -70,7 +70,7 @@ def test_numpy_scalars_become_python_numbers() -> None:
 
 def test_small_arrays_are_stored_and_large_ones_become_references() -> None:
     small = np.arange(12, dtype=np.int32).reshape(3, 4)
-    np.testing.assert_array_equal(round_trip(small), small)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(round_trip(small), small)
     image = np.zeros((512, 512), dtype=np.uint16)  # 512 KiB
     kind, _, blob = encode_value(image)
     assert kind == KIND_REF and blob is not None and len(blob) < 100
@@ -88,7 +88,7 @@ def test_large_lists_strings_and_bytes_become_references() -> None:
 def test_unencodable_values_are_refused_with_their_type() -> None:
     with pytest.raises(ArchiveTypeError, match="object"):
         encode_value(object())
-    with pytest.raises(ArchiveTypeError, match="dev/1.p"):
+    with pytest.raises(ArchiveTypeError, match=r"dev/1.p"):
         prepare_change(Change("dev/1", "p", {1, 2}, Timestamp(1)))
 
 

@@ -39,6 +39,9 @@ _UNAVAILABLE: Final = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidPasswordError,
     asyncpg.InterfaceError,
+    # asyncpg's state machine can trip over a backend terminated under it (MagicStack/asyncpg#784):
+    # the connection is unusable, so it is dropped like any lost one.
+    asyncpg.exceptions.InternalClientError,
 )
 
 _CHANGE_COLUMNS: Final = ("property", "t", "train_id", "kind", "num", "val", "alarm")
@@ -109,7 +112,11 @@ class PostgresStore(ArchiveStore):
         """A pooled connection; connection trouble becomes ArchiveUnavailable naming the URL."""
         try:
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except _UNAVAILABLE:
+                    conn.terminate()  # never hand a half-broken connection back to the pool
+                    raise
         except _UNAVAILABLE as exc:
             raise ArchiveUnavailable(self.url, _describe(exc)) from exc
 

@@ -345,10 +345,18 @@ class SqliteStore(ArchiveStore):
 
 async def _connect(url: str, path: str, *, create: bool) -> aiosqlite.Connection:
     """Open the file (creating it only on first start) with the settings the archive relies on."""
+    if not create and not os.path.exists(path):
+        raise ArchiveUnavailable(url, f"database file {path!r} is missing")
     target = path if path == MEMORY else f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+    pending = aiosqlite.connect(target, uri=path != MEMORY, isolation_level=None)
     try:
-        db = await aiosqlite.connect(target, uri=path != MEMORY, isolation_level=None)
+        db = await pending
     except sqlite3.Error as exc:
+        # aiosqlite stops its worker thread without waiting; wait here, or the thread may report
+        # to an event loop that is gone by then.
+        worker = getattr(pending, "_thread", None)
+        if worker is not None:
+            await asyncio.to_thread(worker.join, 5.0)
         raise ArchiveUnavailable(url, f"cannot open {path!r}: {exc}") from exc
     try:
         await db.execute("PRAGMA busy_timeout = 5000")

@@ -161,6 +161,14 @@ class BufferedWriter:
                 await asyncio.sleep(delay)  # back off: the database is away
                 delay = min(delay * 2, self._retry_max)
                 continue
+            except Exception as exc:
+                # Unforeseen trouble: keep the rows and retry rather than let the task die and the
+                # buffer grow unseen; the bounded buffer caps the cost if it never clears.
+                log.exception("archive write failed unexpectedly; will retry")
+                self._set_state(False, f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
             delay = self._retry_initial
             self._set_state(True, "")
 
@@ -177,25 +185,24 @@ class BufferedWriter:
         self._in_flight = count
         try:
             await self._store.write_prepared(batch)
-        except ArchiveUnavailable:
+        except ArchiveError as exc:
+            if isinstance(exc, ArchiveUnavailable):
+                self._buffer.extendleft(reversed(batch))
+                raise
+            # Rows were checked in add(), so this is the database refusing them: retrying cannot help.
+            log.error("archive refused a batch; dropping it", rows=count, error=str(exc))
+            self._dropped += count
+            self._set_state(False, f"batch refused: {exc}", force=True)
+        except Exception:
             self._buffer.extendleft(reversed(batch))
+            raise
+        else:
+            self._written += count
+        finally:
             self._in_flight = 0
             overflow = len(self._buffer) - self._max_buffer
             if overflow > 0:
                 self._drop(overflow)
-            raise
-        except ArchiveError as exc:
-            # Rows were checked in add(), so this is a database refusing them: retrying cannot help.
-            log.error("archive refused a batch; dropping it", rows=count, error=str(exc))
-            self._dropped += count
-            self._set_state(False, f"batch refused: {exc}", force=True)
-            return
-        finally:
-            self._in_flight = 0
-        self._written += count
-        overflow = len(self._buffer) - self._max_buffer
-        if overflow > 0:
-            self._drop(overflow)
 
     def _drop(self, count: int) -> None:
         count = min(count, len(self._buffer))
