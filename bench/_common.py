@@ -237,7 +237,8 @@ def print_table(title: str, headers: Sequence[str], cells: Sequence[Sequence[str
                 table.add_column(h, justify="left" if i == 0 else "right")
             for line in cells:
                 table.add_row(*line)
-            Console(width=max(120, sum(len(h) + 3 for h in headers))).print(table)
+            widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
+            Console(width=max(80, sum(w + 3 for w in widths) + 1)).print(table)
             return
     if style == "markdown":
         print(f"**{title}**\n")
