@@ -6,67 +6,155 @@ framework's own business.
 
 from __future__ import annotations
 
+from .device import Device as Device
+from .device import NodeView as NodeView
+from .device import TrainClock as TrainClock
 from .errors import (
-    BrokerUnavailable,
-    DecodeError,
-    EncodeError,
-    InstanceIdInUse,
-    InvalidInstanceId,
-    KaraboError,
-    NoSuchInstance,
-    NoSuchSlot,
-    RemoteError,
-    RequestTimeout,
+    BrokerUnavailable as BrokerUnavailable,
 )
 
 # --- public exports (add yours below, one import per line group) ---
 from .errors import (
     ConfigurationError as ConfigurationError,
+)
+from .errors import (
+    DecodeError as DecodeError,
+)
+from .errors import (
+    DeviceGone as DeviceGone,
+)
+from .errors import (
+    DeviceInitializationError as DeviceInitializationError,
+)
+from .errors import (
+    DeviceLocked as DeviceLocked,
+)
+from .errors import (
+    EncodeError as EncodeError,
+)
+from .errors import (
     IllegalTransition as IllegalTransition,
+)
+from .errors import (
+    InstanceIdInUse as InstanceIdInUse,
+)
+from .errors import (
+    InvalidInstanceId as InvalidInstanceId,
+)
+from .errors import (
+    KaraboError as KaraboError,
+)
+from .errors import (
+    NoSuchInstance as NoSuchInstance,
+)
+from .errors import (
+    NoSuchSlot as NoSuchSlot,
+)
+from .errors import (
+    PipelineError as PipelineError,
+)
+from .errors import (
+    PoolExhausted as PoolExhausted,
+)
+from .errors import (
     ReconfigurationError as ReconfigurationError,
+)
+from .errors import (
+    RemoteError as RemoteError,
+)
+from .errors import (
+    RequestTimeout as RequestTimeout,
+)
+from .errors import (
     SchemaError as SchemaError,
 )
-from .states import (
-    AccessLevel as AccessLevel,
-    AlarmCondition as AlarmCondition,
-    State as State,
+from .errors import (
+    ShmFull as ShmFull,
+)
+from .errors import (
+    SlotRefused as SlotRefused,
 )
 from .fsm import (
     BoundStateMachine as BoundStateMachine,
+)
+from .fsm import (
     StateChange as StateChange,
+)
+from .fsm import (
     StateMachine as StateMachine,
+)
+from .fsm import (
     Transition as Transition,
 )
+from .hash import Hash as Hash
 from .properties import (
     Float32 as Float32,
+)
+from .properties import (
     Float64 as Float64,
+)
+from .properties import (
     Image as Image,
+)
+from .properties import (
     Int8 as Int8,
+)
+from .properties import (
     Int16 as Int16,
+)
+from .properties import (
     Int32 as Int32,
+)
+from .properties import (
     Int64 as Int64,
+)
+from .properties import (
     UInt8 as UInt8,
+)
+from .properties import (
     UInt16 as UInt16,
+)
+from .properties import (
     UInt32 as UInt32,
+)
+from .properties import (
     UInt64 as UInt64,
 )
 from .schema import (
     Configurable as Configurable,
+)
+from .schema import (
     Node as Node,
+)
+from .schema import (
     Property as Property,
+)
+from .schema import (
     Schema as Schema,
+)
+from .schema import (
     SlotSpec as SlotSpec,
+)
+from .schema import (
     schema_of as schema_of,
+)
+from .schema import (
     slot as slot,
 )
-from .signalslot import SignalSlotable
-from .topology import Topology, TopologyEvent
-from .hash import Hash as Hash
-from .timestamp import Timestamp as Timestamp
-from .errors import (
-    PipelineError as PipelineError,
-    PoolExhausted as PoolExhausted,
-    ShmFull as ShmFull,
+from .server import DeviceServer as DeviceServer
+from .server import UnknownClass as UnknownClass
+from .signalslot import SignalSlotable as SignalSlotable
+from .states import (
+    AccessLevel as AccessLevel,
 )
+from .states import (
+    AlarmCondition as AlarmCondition,
+)
+from .states import (
+    State as State,
+)
+from .timestamp import Timestamp as Timestamp
+from .topology import Topology as Topology
+from .topology import TopologyEvent as TopologyEvent
 
 __version__ = "0.1.0"

@@ -65,7 +65,9 @@ class RemoteError(KaraboError):
     """A remote slot raised: carries the remote exception's type, message and traceback text."""
 
     def __init__(self, instance_id: str, slot: str, exc_type: str, message: str, traceback: str = "") -> None:
-        super().__init__(f"{instance_id}.{slot} raised {exc_type}: {message}")
+        # Exception.__init__ directly: a RemoteError may also be a framework error class (see
+        # signalslot._remote_class) whose own __init__ takes other arguments.
+        Exception.__init__(self, f"{instance_id}.{slot} raised {exc_type}: {message}")
         self.instance_id = instance_id
         self.slot = slot
         self.exc_type = exc_type
@@ -221,3 +223,19 @@ class PoolExhausted(PipelineError):
         self.slots = slots
         self.attempts = attempts
         self.interval = interval
+
+
+class SlotRefused(KaraboError):
+    """A slot was called in a state (or at an access level) that it does not allow; nothing ran."""
+
+
+class DeviceLocked(KaraboError):
+    """The device is locked by another instance."""
+
+
+class DeviceInitializationError(KaraboError):
+    """A device's ``on_initialization`` raised: the device went down again, its server did not."""
+
+
+class DeviceGone(KaraboError, LookupError):
+    """The device a proxy stands for is not alive (any more)."""

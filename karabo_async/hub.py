@@ -89,7 +89,8 @@ class Hub:
         self.topology = Topology(query=self._query if track_topology else None)
         self.track_topology = track_topology
         self.members: dict[str, Member] = {}
-        self.generation = 0
+        self.broadcast_hooks: dict[str, Callable[[Message], None]] = {}
+        self.generation = int(time.time() * 1000)  # monotonic across restarts of a process id
         self.host = short_hostname()
         self.pid = os.getpid()
         self._tasks: list[asyncio.Task[None]] = []
@@ -287,6 +288,12 @@ class Hub:
 
     # --- broadcasts ------------------------------------------------------------------------------
     def _on_broadcast(self, message: Message) -> None:
+        hook = self.broadcast_hooks.get(message.name)
+        if hook is not None:  # process-wide handlers (e.g. train ticks) run once, not per instance
+            try:
+                hook(message)
+            except Exception:
+                log.exception("broadcast hook failed", slot=message.name)
         for member in list(self.members.values()):
             if member.has_slot(message.name):
                 member.deliver_broadcast(message)

@@ -10,6 +10,7 @@ once through the ``returns`` exchange (alternate exchange of ``slots``), which i
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import getpass
 import inspect
@@ -42,6 +43,11 @@ from .topology import INSTANCE_GONE, INSTANCE_NEW, INSTANCE_UPDATED, Topology, T
 from .wire import Kind, Message, Names, check_instance_id, check_name
 
 log = structlog.get_logger(__name__)
+
+current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar(
+    "current_message", default=None
+)
+"""The message whose slot is running: devices read the caller, user and access level from it."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,6 +117,7 @@ class SignalSlotable:
         track_topology: bool = True,
         class_id: str | None = None,
         info: dict[str, Any] | None = None,
+        access_level: int = 1,
     ) -> None:
         self.instance_id = check_instance_id(
             generate_instance_id(self.instance_type, class_id) if instance_id is None else instance_id
@@ -127,9 +134,9 @@ class SignalSlotable:
         self.request_timeout = request_timeout
         self.queue_max_length = queue_max_length
         self.queue_ttl = queue_ttl
-        self.class_id = class_id or type(self).__name__
+        self._class_id = class_id or type(self).__name__
         self.user = _user()
-        self.status = ""
+        self.access_level = access_level
         self._extra_info = dict(info or {})
         self._slots: dict[str, Callable[..., Any]] = {}
         self._connections: dict[tuple[str, str], set[str]] = {}
@@ -164,11 +171,11 @@ class SignalSlotable:
         """What others learn about this instance in the topology."""
         info: dict[str, Any] = {
             "type": self.instance_type,
-            "class": self.class_id,
+            "class": self._class_id,
             "server": self._extra_info.get("server", ""),
             "host": self.hub.host,
             "pid": self.hub.pid,
-            "status": self.status,
+            "status": self.info_status(),
             "heartbeat_interval": self.hub.heartbeat_interval,
             "version": VERSION,
             "process": self.hub.process_id,
@@ -176,6 +183,10 @@ class SignalSlotable:
         }
         info.update(self._extra_info)
         return info
+
+    def info_status(self) -> str:
+        """The one-word health shown in the topology (devices derive it from state and alarms)."""
+        return "ok"
 
     async def update_info(self, **changes: Any) -> None:
         """Change what the topology says about this instance and tell everyone."""
@@ -299,6 +310,7 @@ class SignalSlotable:
             name=name,
             body=codec.encode(list(args)),
             user=self.user,
+            access_level=self.access_level,
         )
 
     async def _publish(self, exchange: str, key: str, message: Message) -> None:
@@ -487,12 +499,15 @@ class SignalSlotable:
                     sender=message.sender,
                 )
             return None
+        token = current_message.set(message)
         try:
             args = self._decode_args(message)
             result = fn(*args)
         except Exception as exc:
             self._slot_failed(message, exc, reply)
             return None
+        finally:
+            current_message.reset(token)
         if inspect.isawaitable(result):
             return self._finish(message, result, reply)
         if reply:
@@ -500,6 +515,7 @@ class SignalSlotable:
         return None
 
     async def _finish(self, message: Message, pending: Awaitable[Any], reply: bool) -> None:
+        current_message.set(message)  # this task's own context: the coroutine body runs in it
         try:
             result = await pending
         except asyncio.CancelledError:
@@ -546,9 +562,9 @@ class SignalSlotable:
             "message": str(exc),
             "traceback": "".join(traceback.format_exception(exc)),
         }
-        data = getattr(exc, "wire_data", None)
-        if callable(data):
-            payload["data"] = data()
+        data = {k: v for k, v in vars(exc).items() if not k.startswith("_") and _plain_data(v)}
+        if data:
+            payload["data"] = data
         kind = "NoSuchSlot" if isinstance(exc, NoSuchSlot) else "RemoteError"
         try:
             body = codec.encode(payload)
@@ -723,6 +739,16 @@ class SignalSlotable:
         self._fail_pending(InstanceIdInUse(self.instance_id, self.domain))
 
 
+def _plain_data(value: Any) -> bool:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
+
+
 @functools.lru_cache(maxsize=64)
 def _remote_class(name: str) -> type[RemoteError]:
     """A RemoteError that is also the framework error the remote side raised, so ``except
@@ -740,6 +766,9 @@ def _remote_class(name: str) -> type[RemoteError]:
         return RemoteError
 
 
+_REMOTE_FIELDS = frozenset({"instance_id", "slot", "exc_type", "message", "traceback"})
+
+
 def _remote_exception(message: Message, value: Any) -> Exception:
     info = value if isinstance(value, dict) else {"type": "Error", "message": str(value)}
     exc_type = str(info.get("type", "Error"))
@@ -747,10 +776,13 @@ def _remote_exception(message: Message, value: Any) -> Exception:
     if message.error == "NoSuchSlot":
         return NoSuchSlot(message.sender, message.name)
     cls = _remote_class(exc_type) if info.get("module") == errors.__name__ else RemoteError
-    exc = cls(message.sender, message.name, exc_type, text, str(info.get("traceback", "")))
+    try:
+        exc = cls(message.sender, message.name, exc_type, text, str(info.get("traceback", "")))
+    except Exception:  # never let an odd remote error break reply handling
+        exc = RemoteError(message.sender, message.name, exc_type, text, str(info.get("traceback", "")))
     data = info.get("data")
     if isinstance(data, dict):
         for key, val in data.items():
-            if isinstance(key, str) and not key.startswith("_"):
+            if isinstance(key, str) and not key.startswith("_") and key not in _REMOTE_FIELDS:
                 setattr(exc, key, val)
     return exc

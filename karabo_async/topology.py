@@ -2,7 +2,8 @@
 
 Heartbeats are per *process* (a device server sends one for itself and all its devices), so the
 traffic grows with processes, not devices. Each process numbers the changes of its instance set
-(``generation``); a heartbeat carries the current number, so a tracker that missed an announcement
+(``generation``, starting from the process's start time in milliseconds so that a restarted process
+continues the sequence); stale messages are ignored, and a heartbeat carries the current number, so a tracker that missed an announcement
 notices the gap and asks that process for its full list instead of waiting for it to repeat itself.
 """
 
@@ -135,7 +136,7 @@ class Topology(Mapping[str, dict[str, Any]]):
             proc = self._processes[process_id] = _Process(interval)
         proc.last_seen = time.monotonic()
         proc.interval = interval
-        if generation != proc.generation and self._query is not None:
+        if generation > proc.generation and self._query is not None:
             self._query(process_id)
 
     def announce(
@@ -143,6 +144,8 @@ class Topology(Mapping[str, dict[str, Any]]):
     ) -> None:
         """New or updated instances of a process (instance_new / instance_updated messages)."""
         proc = self._process(process_id, interval)
+        if generation < proc.generation:
+            return  # older than what we know: a full state overtook it
         proc.generation = generation
         for instance_id, info in instances.items():
             self._put(proc, instance_id, info)
@@ -151,6 +154,8 @@ class Topology(Mapping[str, dict[str, Any]]):
         """Instances that went away cleanly, or whose death the hosting process reports."""
         proc = self._processes.get(process_id)
         if proc is not None:
+            if generation < proc.generation:
+                return
             proc.generation = generation
             proc.last_seen = time.monotonic()
         for instance_id in instance_ids:
@@ -163,6 +168,8 @@ class Topology(Mapping[str, dict[str, Any]]):
     ) -> None:
         """The complete instance list of a process: everything else it hosted is gone."""
         proc = self._process(process_id, interval)
+        if generation < proc.generation:
+            return  # an answer computed before changes we already heard of
         proc.generation = generation
         for instance_id in list(proc.instances - set(instances)):
             self._remove(instance_id, proc)

@@ -54,6 +54,7 @@ class Message:
     user: str | None = None
     deadline: float | None = None
     error: str | None = None
+    access_level: int | None = None
     timestamp: float = field(default_factory=time.time)
     # Filled in on receipt, for dispatch and for the monitor.
     exchange: str = ""
@@ -75,6 +76,8 @@ class Message:
             h["deadline"] = int(self.deadline * 1000)
         if self.error:
             h["error"] = self.error
+        if self.access_level is not None:
+            h["access_level"] = self.access_level
         return h
 
 
@@ -106,6 +109,7 @@ def message_from_headers(
         raise DecodeError(f"deadline header {deadline!r} is not a number")
     user = headers.get("user")
     error = headers.get("error")
+    level = headers.get("access_level")
     death = _death_reason(headers.get("x-death"))
     return Message(
         kind=kind,
@@ -118,6 +122,7 @@ def message_from_headers(
         user=user if isinstance(user, str) else None,
         deadline=deadline / 1000.0 if deadline is not None else None,
         error=error if isinstance(error, str) else None,
+        access_level=level if isinstance(level, int) and not isinstance(level, bool) else None,
         timestamp=timestamp if timestamp is not None else time.time(),
         exchange=exchange,
         routing_key=routing_key,
