@@ -36,7 +36,7 @@ from .hash import Hash
 from .hub import Hub
 from .properties import Image, PropertySpec
 from .schema import PROPERTY_ATTRIBUTE, Configurable, Property, Schema, schema_of
-from .signalslot import SignalSlotable, current_message
+from .signalslot import SignalSlotable, current_message, reset_current_instance, set_current_instance
 from .slots import SlotSpec
 from .states import AccessLevel, AlarmCondition, State
 from .timestamp import Timestamp
@@ -508,6 +508,7 @@ class Device(Configurable):
         self.signalslot.topology.add_listener(self._on_topology_event)
         self.set_property("state", State.INIT)
         await self._start_state_machines()
+        token = set_current_instance(self.signalslot)  # client functions in the hook act for us
         try:
             result = self.on_initialization()
             if inspect.isawaitable(result):
@@ -520,6 +521,8 @@ class Device(Configurable):
             raise DeviceInitializationError(
                 f"{self.device_id}: on_initialization raised {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            reset_current_instance(token)
         if self.state is State.INIT:
             self.set_property("state", State.ON)
         await self.signalslot.hub.update_member(self.signalslot)

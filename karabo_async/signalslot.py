@@ -49,6 +49,41 @@ current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar
 )
 """The message whose slot is running: devices read the caller, user and access level from it."""
 
+_current_instance: contextvars.ContextVar[SignalSlotable | None] = contextvars.ContextVar(
+    "current_instance", default=None
+)
+_default_instance: list[SignalSlotable] = []
+
+
+def current_instance() -> SignalSlotable:
+    """The instance module-level functions act for: the device or macro whose code is running, else
+    the client of ``ka.connect`` (the process default)."""
+    instance = _current_instance.get()
+    if instance is not None and instance.online:
+        return instance
+    if _default_instance:
+        return _default_instance[-1]
+    raise RuntimeError("no current instance: use `async with karabo_async.connect():` or run inside a device")
+
+
+def set_current_instance(instance: SignalSlotable | None) -> contextvars.Token[SignalSlotable | None]:
+    """Make ``instance`` current for this task (and tasks it creates)."""
+    return _current_instance.set(instance)
+
+
+def reset_current_instance(token: contextvars.Token[SignalSlotable | None]) -> None:
+    _current_instance.reset(token)
+
+
+def push_default_instance(instance: SignalSlotable) -> None:
+    _default_instance.append(instance)
+
+
+def pop_default_instance(instance: SignalSlotable) -> None:
+    if instance in _default_instance:
+        _default_instance.remove(instance)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_REQUEST_TIMEOUT = float(os.environ.get("KARABO_REQUEST_TIMEOUT", "10"))
@@ -102,6 +137,11 @@ class SignalSlotable:
     """
 
     instance_type = "client"
+
+    @property
+    def acting_instance(self) -> SignalSlotable:
+        """Whose behalf slot code runs on (module-level client functions use it)."""
+        return self
 
     def __init__(
         self,
@@ -500,6 +540,7 @@ class SignalSlotable:
                 )
             return None
         token = current_message.set(message)
+        owner = _current_instance.set(self.acting_instance)
         try:
             args = self._decode_args(message)
             result = fn(*args)
@@ -508,6 +549,7 @@ class SignalSlotable:
             return None
         finally:
             current_message.reset(token)
+            _current_instance.reset(owner)
         if inspect.isawaitable(result):
             return self._finish(message, result, reply)
         if reply:
@@ -516,6 +558,7 @@ class SignalSlotable:
 
     async def _finish(self, message: Message, pending: Awaitable[Any], reply: bool) -> None:
         current_message.set(message)  # this task's own context: the coroutine body runs in it
+        _current_instance.set(self.acting_instance)
         try:
             result = await pending
         except asyncio.CancelledError:
