@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import asyncio
 import os
 import sys
@@ -33,7 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     shm = sub.add_parser("shm", help="shared-memory pools of data pipelines")
     shm.add_argument("shm_command", choices=["monitor"])
     shm.add_argument("shm_args", nargs=argparse.REMAINDER)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
+
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules that add subcommands: each has ``register(subparsers)``, and its parsers set ``run`` to
+``async def run(args) -> int`` with ``parser.set_defaults(run=...)``."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "demo":
             return _run(_demo(broker or default_broker(), domain or default_domain()))
+        if getattr(args, "run", None) is not None:
+            args.broker, args.domain = broker, domain
+            return _run(args.run(args))
         if args.command == "shm":
             from .pipeline.monitor import monitor_main
 
