@@ -31,7 +31,8 @@ from .base import QueueSpec, Transport
 
 log = structlog.get_logger(__name__)
 
-SLOT_PREFETCH = 64
+SLOT_PREFETCH = 16
+ACK_DELAY = 0.01  # seconds an acknowledgement may wait to be batched with later ones
 _RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 1.0, 2.0)
 
 
@@ -58,7 +59,8 @@ class AmqpTransport(Transport):
         self._up = False
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ack_tag = 0
-        self._ack_scheduled = False
+        self._ack_pending = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -113,6 +115,10 @@ class AmqpTransport(Transport):
         self._up = False
         self._consumer_tags.clear()
         self._ack_tag = 0
+        self._ack_pending = 0
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         self._notify_lost(exc)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
@@ -242,17 +248,24 @@ class AmqpTransport(Transport):
                 await self._raw_channel(lane).basic_cancel(tag)
 
     def _ack_later(self, delivered: DeliveredMessage) -> None:
-        """Acknowledge in batches: one ``multiple`` ack per loop turn keeps the prefetch window open
-        at a fraction of the cost of one ack per message."""
+        """Acknowledge in batches: one ``multiple`` ack when half the prefetch window is used or
+        ACK_DELAY passed, so a lone request/reply pays no extra socket write per message while a
+        flood still keeps the window open."""
         tag = getattr(delivered.delivery, "delivery_tag", None)
-        if tag is not None and tag > self._ack_tag:
-            self._ack_tag = tag
-        if not self._ack_scheduled:
-            self._ack_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks, delivered.channel)
+        if tag is None:
+            return
+        self._ack_tag = max(self._ack_tag, tag)
+        self._ack_pending += 1
+        if self._ack_pending * 2 >= self.prefetch:
+            self._flush_acks(delivered.channel)
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_acks, delivered.channel)
 
     def _flush_acks(self, channel: aiormq.abc.AbstractChannel) -> None:
-        self._ack_scheduled = False
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._ack_pending = 0
         if channel.is_closed or self._ack_tag == 0:
             return
         tag, self._ack_tag = self._ack_tag, 0
