@@ -11,6 +11,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from .hub import short_hostname
+from .logs import configure as configure_logging
 from .transport import default_broker, default_domain
 
 
@@ -46,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = ()
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    configure_logging("DEBUG" if args.debug else os.environ.get("KARABO_LOG_LEVEL", "INFO"))
     broker = args.broker or os.environ.get("KARABO_BROKER")
     domain = args.domain or os.environ.get("KARABO_DOMAIN")
     try:
