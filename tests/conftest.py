@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -53,9 +55,32 @@ def private_broker() -> Iterator[LocalRabbitNode]:
 
 
 @pytest.fixture
-def domain() -> str:
-    """A domain name of this test's own, so that tests sharing a broker never see each other's traffic."""
-    return f"t_{uuid.uuid4().hex[:12]}"
+def domain(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A domain name of this test's own, so that tests sharing a broker never see each other's traffic.
+
+    Its exchanges are deleted afterwards, so that the shared broker does not collect them run after run.
+    """
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    url = os.environ.get("KARABO_BROKER", local_node.DEFAULT_URL)
+    if broker_answers(url, timeout=0.5):
+        threading.Thread(target=asyncio.run, args=(_delete_exchanges(url, name),)).start()
+
+
+async def _delete_exchanges(url: str, domain: str) -> None:
+    import aio_pika
+
+    try:
+        connection = await aio_pika.connect(url, timeout=5)
+    except Exception:
+        return
+    async with connection:
+        for kind in ("slots", "signals", "broadcast", "replies", "heartbeats", "returns"):
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(f"{domain}.{kind}")
+            except Exception as exc:  # already gone: nothing to clean
+                log.debug("exchange not deleted", exchange=f"{domain}.{kind}", reason=str(exc))
 
 
 @pytest.fixture
