@@ -48,6 +48,13 @@ DESTRUCTION_TIMEOUT = 5.0
 CHANGED_SIGNAL = "changed"
 SCHEMA_SIGNAL = "schema_updated"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+COMPONENT_ATTRIBUTE = "__karabo_component__"
+"""A class attribute that has this attribute set true is a *component* (e.g. a pipeline channel).
+Its value read from the device instance is asked, by duck typing (this module knows no component
+class): ``await start()`` once the device is online, before ``on_initialization`` (raising fails
+the initialization); ``check_reconfiguration(changes)`` before an outside reconfiguration is
+applied (raise ReconfigurationError to refuse it); ``await reconfigured(changes)`` after; and
+``await close()`` when the device stops (also after a failed start)."""
 
 
 # --- the train clock ---------------------------------------------------------------------------------
@@ -258,6 +265,11 @@ class Device(Configurable):
         self.log = structlog.get_logger(cls.__module__).bind(device=self.signalslot.instance_id)
         self._register_slots()
 
+    # --- components -----------------------------------------------------------------------------
+    def _components(self) -> list[Any]:
+        """This device's components (see COMPONENT_ATTRIBUTE), in declaration order."""
+        return [getattr(self, name) for name in _component_names(type(self))]
+
     # --- identity & schema ----------------------------------------------------------------------
     @property
     def schema(self) -> Schema:
@@ -370,6 +382,10 @@ class Device(Configurable):
                 changes.set_attribute(path, "alarm", alarm.value)
         self._outbox.clear()
         self.signalslot._spawn(self.signalslot.emit(CHANGED_SIGNAL, changes))
+        status = self.info_status()
+        if status != self._announced_status:  # the topology shows health: tell it when that changes
+            self._announced_status = status
+            self.signalslot._spawn(self.signalslot.hub.update_member(self.signalslot))
 
     def _apply_log_level(self, level: str) -> None:
         logging.getLogger(type(self).__module__).setLevel(getattr(logging, str(level), logging.INFO))
@@ -437,6 +453,9 @@ class Device(Configurable):
             )
         flat = changes.to_dict() if isinstance(changes, Hash) else dict(changes)
         validated = self._schema.validate_reconfiguration(flat, state=self.state, access_level=level)
+        components = self._components()
+        for component in components:
+            component.check_reconfiguration(dict(validated))
         veto = self.pre_reconfigure(dict(validated))
         if inspect.isawaitable(veto):
             veto = await veto
@@ -445,6 +464,8 @@ class Device(Configurable):
                 [(next(iter(validated), ""), "refused by the device (pre_reconfigure)")]
             )
         self.set_properties(validated)
+        for component in components:
+            await component.reconfigured(dict(validated))
         result = self.on_reconfigure(dict(validated))
         if inspect.isawaitable(result):
             await result
@@ -494,6 +515,7 @@ class Device(Configurable):
             await self.stop_device()
 
     _on_shutdown_request: Callable[[Device], Awaitable[None]] | None = None
+    _announced_status = ""
 
     # --- lifecycle ------------------------------------------------------------------------------
     @property
@@ -510,6 +532,8 @@ class Device(Configurable):
         await self._start_state_machines()
         token = set_current_instance(self.signalslot)  # client functions in the hook act for us
         try:
+            for component in self._components():
+                await component.start()
             result = self.on_initialization()
             if inspect.isawaitable(result):
                 await result
@@ -525,6 +549,7 @@ class Device(Configurable):
             reset_current_instance(token)
         if self.state is State.INIT:
             self.set_property("state", State.ON)
+        self._announced_status = self.info_status()
         await self.signalslot.hub.update_member(self.signalslot)
 
     async def _start_state_machines(self) -> None:
@@ -556,6 +581,11 @@ class Device(Configurable):
             self.log.warning("on_destruction did not finish in time", timeout=timeout)
         except Exception as exc:
             self.log.error("on_destruction raised", error=f"{type(exc).__name__}: {exc}")
+        for component in self._components():
+            try:
+                await component.close()
+            except Exception as exc:
+                self.log.error("closing a component failed", error=f"{type(exc).__name__}: {exc}")
         self._flush()
         self.signalslot.topology.remove_listener(self._on_topology_event)
         await self.signalslot.stop()
@@ -609,6 +639,21 @@ class Device(Configurable):
     def on_exception(self, slot: str, exc: Exception) -> Awaitable[None] | None:
         """Runs when a slot raised (the caller gets the error too)."""
         return None
+
+
+_COMPONENT_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _component_names(cls: type) -> tuple[str, ...]:
+    names = _COMPONENT_NAMES.get(cls)
+    if names is None:
+        found: dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if getattr(value, COMPONENT_ATTRIBUTE, False) is True:
+                    found[name] = None
+        names = _COMPONENT_NAMES[cls] = tuple(found)
+    return names
 
 
 def _install_accessors(cls: type) -> None:
