@@ -14,6 +14,9 @@ from .errors import (
 )
 
 # --- public exports (add yours below, one import per line group) ---
+from .channels import ChannelMeta as ChannelMeta
+from .channels import InputChannel as InputChannel
+from .channels import OutputChannel as OutputChannel
 from .errors import (
     ConfigurationError as ConfigurationError,
 )

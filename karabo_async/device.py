@@ -515,6 +515,7 @@ class Device(Configurable):
             await self.stop_device()
 
     _on_shutdown_request: Callable[[Device], Awaitable[None]] | None = None
+    _on_stopped: Callable[[Device], None] | None = None
     _announced_status = ""
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -589,6 +590,8 @@ class Device(Configurable):
         self._flush()
         self.signalslot.topology.remove_listener(self._on_topology_event)
         await self.signalslot.stop()
+        if self._on_stopped is not None:  # the hosting server forgets a device however it ended
+            self._on_stopped(self)
 
     def _on_topology_event(self, event: Any) -> None:
         """A lock ends when its holder dies."""

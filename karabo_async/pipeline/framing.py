@@ -4,9 +4,11 @@ A frame is ``prefix | n x u64 buffer lengths | msgpack header | raw buffers``. T
 magic, the header length and the buffer count, so a reader knows every length before any payload and
 can receive each array straight into its final, preallocated memory (no copy after the socket).
 
-Items are mappings; numpy arrays inside them never enter msgpack: the header holds a small
-placeholder (an msgpack ext type) naming either a raw buffer of the frame or a region of the
-sender's shared-memory slot.
+Items are mappings (usually :class:`Hash`); numpy arrays inside them never enter msgpack: the
+header holds a small placeholder (an msgpack ext type) naming either a raw buffer of the frame or a
+region of the sender's shared-memory slot. A Hash travels as an ext type of its own (values and
+attributes, so attributes survive); other values msgpack cannot carry (Timestamp, complex, enums)
+travel as :mod:`karabo_async.codec` documents inside an ext type.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
+from .. import codec
 from ..errors import DecodeError, EncodeError
+from ..hash import Hash
 
 MAGIC: Final = b"KAp1"
 _PREFIX: Final = struct.Struct("<4sII")
 _LENGTH: Final = struct.Struct("<Q")
 _EXT_INLINE: Final = 1
 _EXT_SHM: Final = 2
+_EXT_HASH: Final = 3
+_EXT_VALUE: Final = 4
+MAX_DEPTH: Final = 32
+"""Hashes nest at most this deep in an item (each level is one recursive msgpack call)."""
 SHM_ALIGN: Final = 64
 _COALESCE: Final = 16 * 1024
 
@@ -88,6 +96,7 @@ class ItemEncoder:
         self.threshold = threshold
         self.base = base
         self.offset = 0
+        self._depth = 0
 
     def encode(self, data: Mapping[str, Any]) -> Any:
         """Return an msgpack-ready tree whose arrays are ext placeholders."""
@@ -98,11 +107,29 @@ class ItemEncoder:
     def _default(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
             return self._place(obj)
+        if isinstance(obj, Hash):
+            return self._hash(obj)
         if isinstance(obj, Mapping):
             return {_key(k): self._walk(v) for k, v in obj.items()}
         if isinstance(obj, np.generic):
             return obj.item()
-        raise EncodeError(f"a pipeline item cannot carry a {type(obj).__name__}: {obj!r:.80}")
+        # Timestamps, complex numbers, enums...: the message codec knows them (or names the problem).
+        try:
+            return msgpack.ExtType(_EXT_VALUE, codec.encode(obj))
+        except EncodeError as exc:
+            raise EncodeError(f"a pipeline item cannot carry a {type(obj).__name__}: {exc}") from None
+
+    def _hash(self, h: Hash) -> msgpack.ExtType:
+        if self._depth >= MAX_DEPTH:
+            raise EncodeError(f"Hashes nest deeper than {MAX_DEPTH} levels in a pipeline item")
+        self._depth += 1
+        try:
+            values = {k: self._walk(v) for k, v in h.items()}
+            # Only keys with attributes are in _attrs (read directly, as the codec does: hot path).
+            attrs = {k: {n: self._walk(a) for n, a in at.items()} for k, at in h._attrs.items()}
+        finally:
+            self._depth -= 1
+        return msgpack.ExtType(_EXT_HASH, pack([values, attrs]))
 
     def _walk(self, v: Any) -> Any:
         if isinstance(v, str | int | float | bool | bytes | None):
@@ -167,7 +194,24 @@ def unpack_header(frame: Frame, segment: mmap.mmap | None = None) -> dict[str, A
 
 
 def _ext_hook(buffers: list[np.ndarray], segment: mmap.mmap | None) -> Callable[[int, bytes], Any]:
+    depth = 0
+
     def hook(code: int, payload: bytes) -> Any:
+        nonlocal depth
+        if code == _EXT_HASH:
+            if depth >= MAX_DEPTH:
+                raise DecodeError(f"Hashes nest deeper than {MAX_DEPTH} levels in a pipeline item")
+            depth += 1
+            try:
+                return _hash_from(msgpack.unpackb(payload, ext_hook=hook, raw=False))
+            except DecodeError:
+                raise
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise DecodeError(f"malformed Hash in a pipeline item: {exc}") from exc
+            finally:
+                depth -= 1
+        if code == _EXT_VALUE:
+            return codec.decode(payload)
         if code not in (_EXT_INLINE, _EXT_SHM):
             raise DecodeError(f"unknown ext type {code} in pipeline header")
         try:
@@ -189,6 +233,25 @@ def _ext_hook(buffers: list[np.ndarray], segment: mmap.mmap | None) -> Callable[
         raise DecodeError(f"unknown ext type {code} in pipeline header")
 
     return hook
+
+
+def _hash_from(parts: Any) -> Hash:
+    if type(parts) is not list or len(parts) != 2 or type(parts[0]) is not dict or type(parts[1]) is not dict:
+        raise DecodeError("a Hash in a pipeline item must be [values map, attributes map]")
+    values, attrs = parts
+    h = Hash()
+    try:
+        for key, value in values.items():
+            if type(key) is not str or "." in key:  # a dotted key would silently nest
+                raise DecodeError(f"bad Hash key {key!r} in a pipeline item")
+            h[key] = value
+        for key, at in attrs.items():
+            if key not in values or type(at) is not dict:
+                raise DecodeError(f"bad attributes for Hash key {key!r} in a pipeline item")
+            h.set_attributes(key, at)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"bad Hash in a pipeline item: {exc}") from exc
+    return h
 
 
 def _view(buf: Any, offset: int, nbytes: int | None, dtype: str, shape: list[int]) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Final
 import structlog
 
 from ..errors import DecodeError, PipelineError
+from ..hash import Hash
 from . import registry
 from .framing import Frame, frame_parts, unpack_header
 from .identity import host_id
@@ -113,7 +114,7 @@ class _StreamLink(_Link):
         kind = header["k"]
         if kind == "d":
             data = header.get("d")
-            if not isinstance(data, dict):
+            if not isinstance(data, dict | Hash):
                 raise DecodeError(f"item must be a map; got {type(data).__name__}")
             slot = header.get("s")
             if slot is not None and (not isinstance(slot, int) or self.segment is None):
@@ -179,6 +180,7 @@ class _Connection:
         self.last_error: str | None = None
         self.changed = asyncio.Event()
         self._lost = asyncio.Event()
+        self._retry = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"pipeline-input-{output_id}")
 
     @property
@@ -228,9 +230,20 @@ class _Connection:
                     self.link.close()
                 self.link = None
                 self.changed.set()
-            await asyncio.sleep(delay)
+            # Back off, unless told the output is (back) up: then try at once.
+            try:
+                async with asyncio.timeout(delay):
+                    await self._retry.wait()
+            except TimeoutError:
+                pass
+            self._retry.clear()
             delay = min(2 * delay, self.input.reconnect_delay[1])
             self.reconnects += 1
+
+    def retry_now(self) -> None:
+        """Skip the back-off: the output is worth trying again (e.g. its device just came up)."""
+        if not self.connected:
+            self._retry.set()
 
     async def _address(self, first: bool) -> Mapping[str, Any]:
         resolve = self.input.resolve
@@ -356,6 +369,7 @@ class InputEndpoint:
         self._has_items = asyncio.Event()
         self._consumer: asyncio.Task[None] | None = None
         self._eos_from: set[str] = set()
+        self.last_end_of_stream_from = ""
         self.received = 0
         self.processed = 0
         self.on_data_errors = 0
@@ -400,6 +414,12 @@ class InputEndpoint:
         if conn is None:
             raise PipelineError(f"input {self.channel_id} was never asked to connect to {output_id}")
         return await self._wait_connected(conn, timeout)
+
+    def retry(self, output_id: str) -> None:
+        """Try ``output_id`` again now if it is not connected (e.g. its device has just started)."""
+        conn = self._connections.get(output_id)
+        if conn is not None:
+            conn.retry_now()
 
     async def disconnect(self, output_id: str) -> None:
         conn = self._connections.pop(output_id, None)
@@ -471,6 +491,7 @@ class InputEndpoint:
     async def _end_of_stream(self, link: _Link) -> None:
         self.eos_received += 1
         self._eos_from.add(link.conn.output_id)
+        self.last_end_of_stream_from = link.conn.output_id
         if not set(self.connected) <= self._eos_from:
             return
         self._eos_from.clear()

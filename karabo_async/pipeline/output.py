@@ -379,6 +379,7 @@ class OutputEndpoint:
         self.advertise_host = advertise_host
         self.items_written = 0
         self.dropped_no_shared_ready = 0
+        self._dropped_gone = 0  # drops counted for inputs that have gone since: totals never fall
         self.session = session_id()
         self._subs: dict[str, _Subscriber] = {}
         self._shared_queue: deque[_Outgoing] = deque()
@@ -566,6 +567,7 @@ class OutputEndpoint:
         if not sub.alive:
             return
         sub.alive = False
+        self._dropped_gone += sub.dropped
         if isinstance(sub, _StreamSubscriber) and sub.pool is not None:
             sub.pool.release_all(sub)
         if sub.distribution == "shared":
@@ -685,6 +687,9 @@ class OutputEndpoint:
         return {
             "items_written": self.items_written,
             "dropped_no_shared_ready": self.dropped_no_shared_ready,
+            "dropped": self.dropped_no_shared_ready
+            + self._dropped_gone
+            + sum(s.dropped for s in self._subs.values()),
             "shared_queue_depth": len(self._shared_queue),
             "inputs": {k: s.stats() for k, s in self._subs.items()},
             "pool": (self._pool.describe() | {"exhausted": self._pool.exhausted_count})

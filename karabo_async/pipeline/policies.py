@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 from ..errors import DecodeError, PipelineError
+from ..timestamp import Timestamp
 
 DataDistribution = Literal["copy", "shared"]
 """``copy``: this input gets every item. ``shared``: each item goes to exactly one shared input."""
@@ -60,14 +61,19 @@ def check_channel_id(channel_id: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ItemMeta:
-    """What travels beside each item: who produced it, when, for which train."""
+    """What travels beside each item: who produced it, when, for which train.
+
+    ``timestamp`` is seconds since the epoch or a :class:`Timestamp` (kept exact on the wire as
+    ``[seconds, attoseconds]``).
+    """
 
     source: str
-    timestamp: float = field(default_factory=time.time)
+    timestamp: float | Timestamp = field(default_factory=time.time)
     train_id: int = 0
 
     def to_wire(self) -> list[Any]:
-        return [self.source, self.timestamp, self.train_id]
+        t = self.timestamp
+        return [self.source, [t.seconds, t.fraction] if isinstance(t, Timestamp) else t, self.train_id]
 
     @classmethod
     def from_wire(cls, value: Any) -> ItemMeta:
@@ -75,8 +81,16 @@ class ItemMeta:
             not isinstance(value, list)
             or len(value) != 3
             or not isinstance(value[0], str)
-            or not isinstance(value[1], int | float)
+            or not isinstance(value[1], int | float | list)
             or not isinstance(value[2], int)
         ):
             raise DecodeError(f"item metadata must be [source, timestamp, train_id]; got {value!r}")
-        return cls(value[0], float(value[1]), value[2])
+        t = value[1]
+        if isinstance(t, list):
+            if len(t) != 2 or not all(isinstance(x, int) for x in t):
+                raise DecodeError(f"item timestamp must be [seconds, attoseconds]; got {t!r}")
+            try:
+                return cls(value[0], Timestamp(t[0], t[1], value[2]), value[2])
+            except (ValueError, TypeError) as exc:
+                raise DecodeError(f"bad item timestamp {t!r}: {exc}") from exc
+        return cls(value[0], float(t), value[2])
