@@ -17,6 +17,27 @@ from .errors import (
 from .channels import ChannelMeta as ChannelMeta
 from .channels import InputChannel as InputChannel
 from .channels import OutputChannel as OutputChannel
+from .client import Client as Client
+from .client import connect as connect
+from .client import connect_device as connect_device
+from .client import disconnect_device as disconnect_device
+from .client import execute as execute
+from .client import get_class_schema as get_class_schema
+from .client import get_classes as get_classes
+from .client import get_configuration as get_configuration
+from .client import get_device as get_device
+from .client import get_devices as get_devices
+from .client import get_schema as get_schema
+from .client import get_servers as get_servers
+from .client import get_topology as get_topology
+from .client import instantiate as instantiate
+from .client import lock as lock
+from .client import run as run
+from .client import set_no_wait as set_no_wait
+from .client import set_wait as set_wait
+from .client import shutdown as shutdown
+from .client import wait_until as wait_until
+from .client import wait_until_new as wait_until_new
 from .errors import (
     ConfigurationError as ConfigurationError,
 )
@@ -123,6 +144,8 @@ from .properties import (
 from .properties import (
     UInt64 as UInt64,
 )
+from .proxy import NodeProxy as NodeProxy
+from .proxy import Proxy as Proxy
 from .schema import (
     Configurable as Configurable,
 )
@@ -159,5 +182,7 @@ from .states import (
 from .timestamp import Timestamp as Timestamp
 from .topology import Topology as Topology
 from .topology import TopologyEvent as TopologyEvent
+from .values import KaraboValue as KaraboValue
+from .values import unwrap as unwrap
 
 __version__ = "0.1.0"
