@@ -165,6 +165,16 @@ class UnknownConfiguration(ArchiveError, LookupError):
         self.device_id = device_id
 
 
+class ServiceNotFound(KaraboError, LookupError):
+    """No instance of the service class asked for (data logger manager, configuration manager) runs
+    in the domain."""
+
+    def __init__(self, class_id: str, domain: str, hint: str = "") -> None:
+        super().__init__(f"no {class_id} runs in domain {domain!r}" + (f": {hint}" if hint else ""))
+        self.class_id = class_id
+        self.domain = domain
+
+
 class SchemaError(KaraboError, TypeError):
     """A class declares its properties, slots or state machine wrongly; the text names the culprit."""
 
@@ -237,5 +247,18 @@ class DeviceInitializationError(KaraboError):
     """A device's ``on_initialization`` raised: the device went down again, its server did not."""
 
 
+class UnknownClass(KaraboError, LookupError):
+    """No device class of that name on this server."""
+
+
 class DeviceGone(KaraboError, LookupError):
     """The device a proxy stands for is not alive (any more)."""
+
+
+class CommandLineError(KaraboError, ValueError):
+    """Bad input on the command line (unknown property or slot, unparsable value ...); the text says
+    what was wrong and what to do instead."""
+
+
+class MacroError(KaraboError):
+    """A macro file or class cannot be used: syntax error, no Macro class in it, unknown macro name."""
