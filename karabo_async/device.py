@@ -19,6 +19,7 @@ import enum
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -644,7 +645,7 @@ class Device(Configurable):
         return None
 
 
-_COMPONENT_NAMES: dict[type, tuple[str, ...]] = {}
+_COMPONENT_NAMES: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def _component_names(cls: type) -> tuple[str, ...]:

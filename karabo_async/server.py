@@ -25,20 +25,24 @@ from typing import Any
 import structlog
 
 from .device import Device
-from .errors import ConfigurationError, InstanceIdInUse, KaraboError
+from .errors import (
+    ConfigurationError,
+    DeviceInitializationError,
+    InstanceIdInUse,
+    KaraboError,
+    UnknownClass,
+)
 from .hub import Hub
 from .schema import schema_of
 from .signalslot import SignalSlotable, generate_instance_id
 from .wire import check_instance_id
 
+__all__ = ["DeviceServer", "UnknownClass", "load_init_file", "run_server"]
+
 log = structlog.get_logger(__name__)
 
 ENTRY_POINT_GROUP = "karabo_async.devices"
 PLUGIN_SCAN_INTERVAL = 1.0
-
-
-class UnknownClass(KaraboError, LookupError):
-    """No device class of that name on this server."""
 
 
 class _ServerSignalSlotable(SignalSlotable):
@@ -176,9 +180,16 @@ class DeviceServer:
     async def run_forever(self) -> None:
         """Run until SIGTERM, SIGINT or the ``shutdown`` slot."""
         loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []  # a reference, so the stop task is not collected midway
+
+        def on_signal(sig: signal.Signals) -> None:
+            log.info("stopping on signal", server=self.server_id, signal=sig.name)
+            if not stopping:
+                stopping.append(loop.create_task(self.stop()))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+                loop.add_signal_handler(sig, on_signal, sig)
         await self._stopped.wait()
 
     # --- devices ---------------------------------------------------------------------------------
@@ -198,8 +209,17 @@ class DeviceServer:
             check_instance_id(device_id)
             if device_id in self.devices:
                 raise InstanceIdInUse(device_id, self.hub.domain)
-        device = cls(dict(config or {}), device_id=device_id, server_id=self.server_id, hub=self.hub)
+        try:
+            device = cls(dict(config or {}), device_id=device_id, server_id=self.server_id, hub=self.hub)
+        except KaraboError:
+            raise
+        except Exception as exc:  # the author's constructor: report it, never take the server down
+            log.error("device constructor raised", server=self.server_id, class_id=class_id, error=str(exc))
+            raise DeviceInitializationError(
+                f"{class_id}({device_id or ''}): constructor raised {type(exc).__name__}: {exc}"
+            ) from exc
         device._on_shutdown_request = self._stop_device
+        device._on_stopped = self._device_stopped
         self.devices[device.device_id] = device
         try:
             await device.start_device()
@@ -212,6 +232,13 @@ class DeviceServer:
     async def _stop_device(self, device: Device) -> None:
         self.devices.pop(device.device_id, None)
         await device.stop_device()
+
+    def _device_stopped(self, device: Device) -> None:
+        """A device went offline (asked to, or on its own): it is no longer hosted here. Its going
+        offline already told the domain, through this server's hub, at once."""
+        if self.devices.get(device.device_id) is device:
+            del self.devices[device.device_id]
+            log.warning("device stopped on its own", server=self.server_id, device=device.device_id)
 
     async def shutdown_device(self, device_id: str) -> None:
         device = self.devices.get(device_id)
@@ -241,7 +268,7 @@ class DeviceServer:
                     raise ConfigurationError([(label, "'config' must be a mapping")])
                 await self.instantiate(str(entry["class"]), entry.get("id"), config)
                 results[label] = "started"
-            except (KaraboError, ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # one bad entry must not keep the others from starting
                 results[label] = f"{type(exc).__name__}: {exc}"
                 log.error("init entry not started", server=self.server_id, device=label, error=results[label])
         return results
