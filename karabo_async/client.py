@@ -296,17 +296,7 @@ async def wait_until_new(value: Any, path: str | None = None, *, timeout: float 
     Raises DeviceGone if the device dies meanwhile, TimeoutError after ``timeout`` seconds.
     """
     link, where = _source(value, path)
-    start = link.seq.get(where, 0)
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while link.seq.get(where, 0) <= start:
-        if not link.alive:
-            raise DeviceGone(f"device {link.device_id!r} is gone; no new value of {where!r} will come")
-        try:
-            await next_change(deadline)
-        except TimeoutError:
-            raise TimeoutError(f"no new value of {link.device_id}.{where} within {timeout:g} s") from None
-    return link.value(where)
+    return await link.next_value(where, timeout)
 
 
 def _source(value: Any, path: str | None) -> tuple[DeviceLink, str]:

@@ -105,6 +105,7 @@ class DeviceLink:
         self.pinned = False
         self.subscribed = False
         self.outbox: dict[str, Any] = {}
+        self.new_value_waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._flush: asyncio.Handle | None = None
         self._buffer: list[Hash] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
@@ -250,6 +251,12 @@ class DeviceLink:
             self.alarms.pop(path, None)
         self.counter += 1
         self.seq[path] = self.counter
+        waiting = self.new_value_waiters.pop(path, None)
+        if waiting:  # each waiter gets the first value after its call, even if more follow at once
+            current = self.value(path)
+            for future in waiting:
+                if not future.done():
+                    future.set_result(current)
 
     def _apply_configuration(self, config: Hash) -> dict[str, Timestamp | None]:
         floor: dict[str, Timestamp | None] = {}
@@ -279,6 +286,11 @@ class DeviceLink:
             log.warning("changes not sent: device gone", device=self.device_id, keys=sorted(self.outbox))
             self.outbox.clear()
         self._store("state", State.UNKNOWN.value, Timestamp.now(), None)
+        waiting, self.new_value_waiters = self.new_value_waiters, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(DeviceGone(f"device {self.device_id!r} is gone"))
         log.info("device of proxy gone", device=self.device_id, instance=self.instance.instance_id)
         notify_change()
 
@@ -325,15 +337,38 @@ class DeviceLink:
             try:
                 value = spec.enum_type(raw)
             except ValueError:
-                value = raw
+                log.debug("value not in the enum", device=self.device_id, path=path, value=raw)
         elif spec.kind == "image" and isinstance(raw, Mapping):
             try:
                 value = Image.from_value(raw)
             except ValueError:
-                value = raw
+                log.debug("malformed image value", device=self.device_id, path=path)
         alarm = self.alarms.get(path)
         condition = AlarmCondition(alarm) if alarm in ("warn", "alarm") else AlarmCondition.NONE
-        return wrap(value, self.stamps.get(path), condition, stale=self.stale, source=(self.proxy, path))
+        return wrap(
+            value,
+            self.stamps.get(path),
+            condition,
+            stale=self.stale,
+            source=(self.proxy, path),
+            enum_value=spec.kind == "enum" and value is raw,
+        )
+
+    async def next_value(self, path: str, timeout: float | None) -> Any:
+        """The value of the first update of ``path`` after this call."""
+        if not self.alive:
+            raise DeviceGone(f"device {self.device_id!r} is gone; no new value of {path!r} will come")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.new_value_waiters.setdefault(path, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise TimeoutError(f"no new value of {self.device_id}.{path} within {timeout:g} s") from None
+        finally:
+            waiting = self.new_value_waiters.get(path)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
 
     def children(self, prefix: str) -> list[str]:
         if self.schema is None:

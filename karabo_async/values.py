@@ -115,7 +115,10 @@ class WrappedValue(KaraboValue):
         return getattr(self.__wrapped, name)
 
     def __eq__(self, other: object) -> bool:
-        return bool(self.__wrapped == unwrap(other))
+        other = unwrap(other)
+        if isinstance(other, enum.Enum) and not isinstance(self.__wrapped, enum.Enum):
+            other = other.value  # an enum the client does not know travels as its value
+        return bool(self.__wrapped == other)
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
@@ -185,13 +188,17 @@ def wrap(
     *,
     stale: bool = False,
     source: tuple[Any, str] | None = None,
+    enum_value: bool = False,
 ) -> Any:
-    """``value`` with its extras; ``None`` stays ``None`` (a property that has no value yet)."""
+    """``value`` with its extras; ``None`` stays ``None`` (a property that has no value yet).
+
+    ``enum_value`` marks the value of an enum this process does not know: it then compares equal to
+    members of any enum with that value."""
     if value is None:
         return None
     result: KaraboValue
     cls = _SUBCLASSES.get(type(value))
-    if cls is not None and not isinstance(value, enum.Enum):
+    if cls is not None and not isinstance(value, enum.Enum) and not enum_value:
         result = cls(value)  # type: ignore[call-arg]
     elif isinstance(value, np.ndarray):
         result = value.view(ArrayValue)
