@@ -345,6 +345,8 @@ class InputChannel(_Channel["BoundInputChannel"]):
                 description="auto picks the fastest path; local, shm or tcp force one")),
             "missing_connections": (list[str], Property([], readonly=True, archive=False,
                 description="Configured outputs not connected now")),
+            "connections": (list[str], Property([], readonly=True, archive=False,
+                description="Connected outputs with the path taken, as output=local|shm|tcp")),
             "received": _readonly_int("Items received since the device started"),
             "processed": _readonly_int("Items handed to the data handler"),
             "queue_depth": _readonly_int("Items received and waiting for the data handler"),
@@ -469,6 +471,9 @@ class BoundInputChannel:
         stats = endpoint.stats
         return {
             "missing_connections": endpoint.missing_connections,
+            "connections": [
+                f"{k}={c['transport']}" for k, c in stats["connections"].items() if c["connected"]
+            ],
             "received": stats["received"],
             "processed": stats["processed"],
             "queue_depth": stats["queue_depth"],

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import mmap
 import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -287,7 +288,15 @@ class _Connection:
         timeout = self.input.handshake_timeout
         async with asyncio.timeout(timeout):
             if path == "shm":
-                _, proto = await loop.create_unix_connection(factory, "\0" + str(info["unix_path"])[1:])
+                # Connected by hand: uvloop refuses abstract addresses in create_unix_connection.
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, "\0" + str(info["unix_path"])[1:])
+                    _, proto = await loop.create_unix_connection(factory, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
             else:
                 _, proto = await loop.create_connection(factory, str(info["tcp_host"]), int(info["tcp_port"]))
             link.protocol = proto

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -43,7 +43,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses but offer the same methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("socket")
