@@ -23,7 +23,7 @@ import structlog
 
 from .errors import DeviceGone, NoSuchInstance
 from .hash import Hash
-from .proxy import DeviceLink, NodeProxy, Proxy, link_of, manager_of, next_change
+from .proxy import DeviceLink, NodeProxy, Proxy, link_of, manager_of, next_change, notify_change
 from .schema import Schema
 from .signalslot import (
     SignalSlotable,
@@ -32,6 +32,7 @@ from .signalslot import (
     push_default_instance,
 )
 from .states import AccessLevel
+from .topology import Topology, TopologyEvent
 from .values import KaraboValue
 
 log = structlog.get_logger(__name__)
@@ -173,8 +174,7 @@ async def _link_when_present(instance: SignalSlotable, device_id: str, timeout: 
         except NoSuchInstance as exc:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                exc.add_note(f"waited {timeout:g} s for {device_id!r} to appear")
-                raise
+                raise _not_appeared(device_id, timeout) from exc
             if device_id in instance.topology:
                 # known but not reachable yet (starting, or the topology lags): try again shortly
                 await asyncio.sleep(min(0.05, remaining))
@@ -182,7 +182,13 @@ async def _link_when_present(instance: SignalSlotable, device_id: str, timeout: 
             try:
                 await instance.topology.wait_for(device_id, remaining)
             except TimeoutError:
-                raise NoSuchInstance(device_id) from None
+                raise _not_appeared(device_id, timeout) from None
+
+
+def _not_appeared(device_id: str, timeout: float) -> NoSuchInstance:
+    exc = NoSuchInstance(device_id)
+    exc.add_note(f"waited {timeout:g} s for {device_id!r} to appear")
+    return exc
 
 
 def connect_device(device_id: str, *, timeout: float | None = None) -> _ProxyRequest:
@@ -279,14 +285,32 @@ async def wait_until(condition: Callable[[], Any], timeout: float | None = None)
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        try:
-            await next_change(deadline)
-        except TimeoutError:
-            raise TimeoutError(f"condition not met within {timeout:g} s") from None
+    topology = _current_topology()
+    listener = topology.add_listener(_wake_on_topology) if topology is not None else None
+    try:
+        while True:
+            result = condition()
+            if result:
+                return result
+            try:
+                await next_change(deadline)
+            except TimeoutError:
+                raise TimeoutError(f"condition not met within {timeout:g} s") from None
+    finally:
+        if topology is not None and listener is not None:
+            topology.remove_listener(listener)
+
+
+def _current_topology() -> Topology | None:
+    """Conditions may ask the topology too (``"motor-1" in get_devices()``), so its events wake them."""
+    try:
+        return current_instance().topology
+    except RuntimeError:
+        return None  # waiting on proxies alone needs no instance
+
+
+def _wake_on_topology(event: TopologyEvent) -> None:
+    notify_change()
 
 
 async def wait_until_new(value: Any, path: str | None = None, *, timeout: float | None = None) -> Any:
