@@ -13,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from karabo_async import codec
 from karabo_async.errors import DecodeError, EncodeError
+from karabo_async.hash import Hash
+from karabo_async.pipeline import ItemMeta
 from karabo_async.pipeline.framing import (
     MAGIC,
     Frame,
@@ -23,6 +26,7 @@ from karabo_async.pipeline.framing import (
     shm_bytes_needed,
     unpack_header,
 )
+from karabo_async.timestamp import Timestamp
 
 scalars = st.one_of(
     st.none(),
@@ -208,14 +212,101 @@ def test_shm_placeholder_outside_the_segment_is_refused() -> None:
         unpack_header(Frame(header, []), segment)
 
 
-def test_a_hash_item_travels_as_a_mapping() -> None:
-    from karabo_async.hash import Hash
+def _round_trip(item: Any, slot_size: int = 0, segment: mmap.mmap | None = None) -> Any:
+    segment = segment or mmap.mmap(-1, max(slot_size, 4096))
+    slot = memoryview(segment)[:slot_size] if slot_size else None
+    enc = ItemEncoder(slot, threshold=65536 if slot_size else 0)
+    tree = enc.encode(item)
+    if slot is not None:
+        slot.release()
+    wire = b"".join(bytes(p) for p in frame_parts({"k": "d", "d": tree}, enc.buffers))
+    return unpack_header(feed(FrameReader(), wire, [])[0], segment)["d"]
 
-    h = Hash()
-    h["a"] = 1
-    h["b.c"] = np.arange(4)
-    enc = ItemEncoder()
-    wire = b"".join(bytes(p) for p in frame_parts({"k": "d", "d": enc.encode(h)}, enc.buffers))
-    out = unpack_header(feed(FrameReader(), wire, [])[0])["d"]
-    assert out["a"] == 1
-    np.testing.assert_array_equal(out["b"]["c"], np.arange(4))
+
+hash_keys = st.text(
+    st.characters(blacklist_characters=".", blacklist_categories=("Cs",)), min_size=1, max_size=6
+)
+attr_values = st.one_of(
+    scalars, arrays, st.builds(Timestamp, st.integers(0, 2**40), st.integers(0, 10**18 - 1))
+)
+hash_values = st.recursive(
+    st.one_of(scalars, arrays, st.complex_numbers(allow_nan=False)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(hash_keys, inner, max_size=3).map(Hash),
+    ),
+    max_leaves=10,
+)
+
+
+@st.composite
+def hashes(draw: st.DrawFn) -> Hash:
+    h = Hash(draw(st.dictionaries(hash_keys, hash_values, max_size=5)))
+    for key in list(h):
+        for name, value in draw(st.dictionaries(hash_keys, attr_values, max_size=2)).items():
+            h.set_attribute(key, name, value)
+    return h
+
+
+@settings(max_examples=80, deadline=None)
+@given(item=hashes())
+def test_hash_items_keep_attributes_and_nesting(item: Hash) -> None:
+    out = _round_trip(item)
+    assert isinstance(out, Hash)
+    # The codec's bytes compare order, types, attributes and array contents (NaN included).
+    assert codec.encode(out) == codec.encode(item)
+
+
+def test_hash_item_with_attributes_and_big_array_through_shared_memory() -> None:
+    item = Hash(image=np.arange(100_000, dtype=np.uint16), frame_id=7, stamp=Timestamp(5, 6, 7))
+    item.set_attribute("image", "unit", "counts")
+    item.set_attribute("frame_id", "gain", np.arange(3))
+    item["nested.value"] = 1 + 2j
+    segment = mmap.mmap(-1, 1024 * 1024)
+    out = _round_trip(item, slot_size=1024 * 1024, segment=segment)
+    assert out == item and out.get_attribute("image", "unit") == "counts"
+    start = np.frombuffer(segment, np.uint8).ctypes.data
+    assert start <= out["image"].ctypes.data < start + len(segment)  # a view of the segment, no copy
+
+
+def _hash_ext(values: Any, attrs: Any) -> msgpack.ExtType:
+    return msgpack.ExtType(3, msgpack.packb([values, attrs]))
+
+
+@pytest.mark.parametrize(
+    ("ext", "message"),
+    [
+        (msgpack.ExtType(3, msgpack.packb([1])), "values map, attributes map"),
+        (_hash_ext({"a.b": 1}, {}), "bad Hash key"),
+        (_hash_ext({"a": 1}, {"b": {"x": 1}}), "attributes for Hash key 'b'"),
+        (_hash_ext({"a": 1}, {"a": 5}), "attributes for Hash key 'a'"),
+        (msgpack.ExtType(3, b"\xc1"), "malformed Hash"),
+        (msgpack.ExtType(4, b"\xc1"), "."),
+    ],
+)
+def test_malformed_hashes_in_items_raise_decode_error(ext: msgpack.ExtType, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        unpack_header(Frame(msgpack.packb({"k": "d", "d": ext}), []))
+
+
+def test_hashes_nested_too_deep_are_refused_both_ways() -> None:
+    deep = Hash(leaf=1)
+    for _ in range(40):
+        deep = Hash(inner=deep)
+    with pytest.raises(EncodeError, match="nest deeper"):
+        ItemEncoder().encode(deep)
+    ext = _hash_ext({"leaf": 1}, {})
+    for _ in range(40):
+        ext = _hash_ext({"inner": ext}, {})
+    with pytest.raises(DecodeError, match="nest deeper"):
+        unpack_header(Frame(msgpack.packb({"k": "d", "d": ext}), []))
+
+
+@given(seconds=st.integers(0, 2**40), fraction=st.integers(0, 10**18 - 1), train=st.integers(0, 2**63 - 1))
+def test_item_meta_keeps_exact_timestamps(seconds: int, fraction: int, train: int) -> None:
+    meta = ItemMeta("cam:output", Timestamp(seconds, fraction, train), train)
+    back = ItemMeta.from_wire(msgpack.unpackb(msgpack.packb(meta.to_wire())))
+    assert back == meta and isinstance(back.timestamp, Timestamp) and back.timestamp.train_id == train
+    assert ItemMeta.from_wire(["a:b", 1.5, 3]) == ItemMeta("a:b", 1.5, 3)
+    with pytest.raises(DecodeError, match="attoseconds"):
+        ItemMeta.from_wire(["a:b", [1, 2, 3], 3])
