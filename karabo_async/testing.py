@@ -78,15 +78,20 @@ class DeviceContext:
         self._connection = connect(self.broker, self.domain, heartbeat_interval=heartbeat_interval)
         self.client: Client = self._connection.client
         self._proxy_request = connect_device(self.device_id)
+        self._device: Device | None = None
 
     @property
     def device(self) -> Device:
-        return self.server.devices[self.device_id]
+        """The device object (still there after the context ended, offline)."""
+        if self._device is None:
+            raise RuntimeError("the device is started by `async with` on this context")
+        return self._device
 
     async def __aenter__(self) -> Proxy:
         await self.server.start()
         try:
             await self.server.instantiate(self.device_class.__name__, self.device_id, self.config)
+            self._device = self.server.devices[self.device_id]
             await self._connection.__aenter__()
             return await self._proxy_request.__aenter__()
         except BaseException:
