@@ -104,12 +104,14 @@ class BufferedWriter:
     def add(self, change: Change) -> None:
         """Queue one change. It is checked now (ArchiveTypeError/ArchiveValueError for a bad one), so
         that a bad row can never block the batches behind it."""
+        idle = not self._buffer
         self._buffer.append(prepare_change(change))
         self._idle.clear()
         overflow = len(self._buffer) + self._in_flight - self._max_buffer
         if overflow > 0:
             self._drop(overflow)
-        if len(self._buffer) >= self._batch_size:
+        # The first row starts the flush-interval clock; a full batch is written at once.
+        if idle or len(self._buffer) >= self._batch_size:
             self._wake.set()
 
     def add_many(self, changes: Iterable[Change]) -> None:

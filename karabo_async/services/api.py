@@ -33,6 +33,7 @@ from ..errors import (
 from ..hash import Hash, values_equal
 from ..signalslot import SignalSlotable, current_instance
 from ..timestamp import Timestamp
+from .recording import ref_from_wire
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +161,7 @@ async def get_property_history(
     reply = await instance.request(
         target, "get_property_history", device_id, path, low, high, max_points, timeout=QUERY_TIMEOUT
     )
-    points = [(stamp, value) for stamp, value in reply["points"]]
+    points = [(stamp, ref_from_wire(value)) for stamp, value in reply["points"]]
     return PropertyHistory(points, bool(reply["reduced"]), int(reply["total"]))
 
 
@@ -173,7 +174,19 @@ async def get_configuration_from_past(device_id: str, when: TimeLike, *, manager
     config = await instance.request(
         target, "get_configuration_from_past", device_id, stamp, timeout=QUERY_TIMEOUT
     )
-    return config if isinstance(config, Hash) else Hash.from_dict(config)
+    config = config if isinstance(config, Hash) else Hash.from_dict(config)
+    _refs_back(config)
+    return config
+
+
+def _refs_back(node: Hash) -> None:
+    for key in node:
+        value = node[key]
+        restored = ref_from_wire(value)
+        if restored is not value:
+            node[key] = restored
+        elif isinstance(value, Hash):
+            _refs_back(value)
 
 
 async def get_schema_from_past(

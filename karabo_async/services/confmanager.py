@@ -8,6 +8,7 @@ Saving reads the live configuration of each device and stores every property val
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from .recording import flat_values
 log = structlog.get_logger(__name__)
 
 SAVE_TIMEOUT = 10.0
+STORE_WAIT = 30.0
 
 
 class ConfigurationManager(Device):
@@ -37,18 +39,23 @@ class ConfigurationManager(Device):
     def __init__(self, configuration: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(configuration, **kwargs)
         self._db: ArchiveStore | None = None
+        self._opened = asyncio.Event()
 
     async def on_initialization(self) -> None:
         self._db = await open_store(self.database)
+        self._opened.set()
         self.status = f"configurations in {redact_url(self.database)}"
 
     async def on_destruction(self) -> None:
         if self._db is not None:
             await self._db.close()
 
-    def _archive(self) -> ArchiveStore:
+    async def _archive(self) -> ArchiveStore:
+        """The store, once ``on_initialization`` opened it (queries may arrive while it does)."""
         if self._db is None:
-            raise ArchiveTypeError(f"{self.device_id} has no archive open")
+            async with asyncio.timeout(STORE_WAIT):
+                await self._opened.wait()
+        assert self._db is not None
         return self._db
 
     @slot
@@ -75,7 +82,7 @@ class ConfigurationManager(Device):
             configs[device_id] = flat_values(config)
         message = current_message.get()
         user = (message.user or message.sender) if message is not None else ""
-        await self._archive().save_configuration(
+        await (await self._archive()).save_configuration(
             name, configs, description=description, user=user or "", overwrite=bool(overwrite)
         )
         self.saved_count += len(configs)
@@ -85,18 +92,18 @@ class ConfigurationManager(Device):
     @slot
     async def list_configurations(self, device_id: str | None = None) -> list[dict[str, Any]]:
         """The configurations saved for a device (all devices for None), oldest first."""
-        return [_info(i) for i in await self._archive().list_configurations(device_id)]
+        return [_info(i) for i in await (await self._archive()).list_configurations(device_id)]
 
     @slot
     async def get_saved_configuration(self, name: str, device_id: str) -> dict[str, Any]:
         """One saved configuration with its description (not ``get_configuration``: that is the
         device's own)."""
-        saved = await self._archive().get_configuration(name, device_id)
+        saved = await (await self._archive()).get_configuration(name, device_id)
         return _info(saved) | {"config": saved.config}
 
     @slot
     async def delete_configuration(self, name: str, device_id: str) -> None:
-        await self._archive().delete_configuration(name, device_id)
+        await (await self._archive()).delete_configuration(name, device_id)
 
 
 def _info(info: ConfigurationInfo) -> dict[str, Any]:

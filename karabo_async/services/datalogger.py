@@ -47,7 +47,7 @@ from ..states import State
 from ..timestamp import Timestamp
 from ..topology import INSTANCE_GONE, INSTANCE_NEW, TopologyEvent
 from ..wire import Message, Names
-from .recording import RecordingRules, rows_of
+from .recording import RecordingRules, ref_to_wire, rows_of
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +55,7 @@ SERVICE_CLASSES = frozenset({"DataLogger", "DataLoggerManager", "ConfigurationMa
 """Classes never logged themselves: their counters would log their own logging."""
 
 QUERY_TIMEOUT = 10.0
+STORE_WAIT = 30.0
 STATUS_INTERVAL = 1.0
 _RETRY_INITIAL = 0.5
 _RETRY_MAX = 10.0
@@ -292,9 +293,8 @@ class DataLogger(Device):
             if device_id not in self._pending:
                 # Queued for a device we have not set up (yet): the backlog of a restart.
                 self._pending[device_id] = []
-                self._setups.setdefault(
-                    device_id, asyncio.get_running_loop().create_task(self._setup_device(device_id))
-                )
+                if device_id not in self._setups:
+                    self._start_setup(device_id)
             self._pending[device_id].append(message)
             return
         self._record_signal(message)
@@ -394,6 +394,7 @@ class DataLoggerManager(Device):
     def __init__(self, configuration: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(configuration, **kwargs)
         self._db: ArchiveStore | None = None
+        self._opened = asyncio.Event()
         self._assigned: dict[str, str] = {}
         self._loggers: set[str] = set()
         self._lock = asyncio.Lock()
@@ -401,6 +402,7 @@ class DataLoggerManager(Device):
 
     async def on_initialization(self) -> None:
         self._db = await open_store(self.database)
+        self._opened.set()
         self.signalslot.topology.add_listener(self._on_topology)
         devices = [(iid, info) for iid, info in self.signalslot.topology.items() if self._wanted(iid, info)]
         await self._assign(devices)
@@ -484,9 +486,9 @@ class DataLoggerManager(Device):
         max_points: int = DEFAULT_MAX_POINTS,
     ) -> dict[str, Any]:
         """``{"points": [[Timestamp, value], ...], "reduced": bool, "total": int}``."""
-        history = await self._archive().property_history(device_id, path, since, until, max_points)
+        history = await (await self._archive()).property_history(device_id, path, since, until, max_points)
         return {
-            "points": [list(p) for p in history.points],
+            "points": [[stamp, ref_to_wire(value)] for stamp, value in history.points],
             "reduced": history.reduced,
             "total": history.total,
         }
@@ -494,40 +496,43 @@ class DataLoggerManager(Device):
     @slot
     async def get_configuration_from_past(self, device_id: str, when: Timestamp) -> Hash:
         """Every property as it was at ``when`` (dropping those the schema of then lacked), stamped."""
-        values, schema = await self._archive().configuration_at(device_id, when)
+        values, schema = await (await self._archive()).configuration_at(device_id, when)
         known = None if schema is None else schema.get("properties", {})
         config = Hash()
         for path, (value, stamp) in sorted(values.items()):
             if known is not None and path not in known:
                 continue
-            config[path] = value
+            config[path] = ref_to_wire(value)
             config.set_attribute(path, "timestamp", stamp)
         return config
 
     @slot
     async def get_schema_from_past(self, device_id: str, when: Timestamp) -> dict[str, Any] | None:
-        return await self._archive().schema_at(device_id, when)
+        return await (await self._archive()).schema_at(device_id, when)
 
     @slot
     async def get_events(
         self, device_id: str, since: Timestamp | None = None, until: Timestamp | None = None
     ) -> list[list[Any]]:
         """Instance events as ``[[Timestamp, kind, info], ...]``."""
-        events = await self._archive().events(device_id, since, until)
+        events = await (await self._archive()).events(device_id, since, until)
         return [[e.timestamp, e.kind, e.info] for e in events]
 
     @slot
     async def get_archived_devices(self) -> list[str]:
-        return await self._archive().devices()
+        return await (await self._archive()).devices()
 
     @slot
     def get_assignments(self) -> dict[str, str]:
         """Which logger archives which device."""
         return dict(self._assigned)
 
-    def _archive(self) -> ArchiveStore:
+    async def _archive(self) -> ArchiveStore:
+        """The store, once ``on_initialization`` opened it (queries may arrive while it does)."""
         if self._db is None:
-            raise ArchiveTypeError(f"{self.device_id} has no archive open")
+            async with asyncio.timeout(STORE_WAIT):
+                await self._opened.wait()
+        assert self._db is not None
         return self._db
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..archive import ArrayRef
 from ..hash import Hash
 from ..timestamp import Timestamp
 
@@ -72,4 +73,20 @@ def flat_values(config: Hash) -> dict[str, Any]:
     return {path: value for path, value, _, _ in rows_of(config, RecordingRules(frozenset()), Timestamp(0))}
 
 
-__all__ = ["RecordingRules", "Row", "flat_values", "rows_of"]
+_REF_KEY = "__array_ref__"
+
+
+def ref_to_wire(value: Any) -> Any:
+    """An :class:`ArrayRef` as plain data for the wire (the codec does not know it); others as they are."""
+    if isinstance(value, ArrayRef):
+        return {_REF_KEY: True, "shape": list(value.shape), "dtype": value.dtype, "nbytes": value.nbytes}
+    return value
+
+
+def ref_from_wire(value: Any) -> Any:
+    if isinstance(value, Mapping) and value.get(_REF_KEY) is True:
+        return ArrayRef(tuple(value["shape"]), str(value["dtype"]), int(value["nbytes"]))
+    return value
+
+
+__all__ = ["RecordingRules", "Row", "flat_values", "ref_from_wire", "ref_to_wire", "rows_of"]
