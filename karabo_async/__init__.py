@@ -111,6 +111,8 @@ from .fsm import (
     Transition as Transition,
 )
 from .hash import Hash as Hash
+from .macro import Macro as Macro
+from .macro import MacroServer as MacroServer
 from .properties import (
     Float32 as Float32,
 )

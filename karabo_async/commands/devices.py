@@ -110,10 +110,15 @@ async def topology(args: argparse.Namespace) -> int:
     if args.json:
         print_json(instances)
         return 0
-    table = Table(title=f"domain {client.domain}: {len(instances)} instances")
+    console().print(topology_table(instances, client.domain))
+    return 0
+
+
+def topology_table(instances: dict[str, dict[str, Any]], domain: str) -> Table:
+    table = Table(title=f"domain {domain}: {len(instances)} instances")
     for column in ("id", "type", "class", "server", "host", "status"):
         table.add_column(column)
-    for iid, info in instances.items():
+    for iid, info in sorted(instances.items()):
         status = str(info.get("status", ""))
         style = "red" if status in ("error", "alarm") else "yellow" if status in ("warn", "unknown") else ""
         table.add_row(
@@ -124,8 +129,7 @@ async def topology(args: argparse.Namespace) -> int:
             f"{info.get('host', '')}:{info.get('pid', '')}",
             f"[{style}]{status}[/]" if style else status,
         )
-    console().print(table)
-    return 0
+    return table
 
 
 async def get(args: argparse.Namespace) -> int:
