@@ -38,9 +38,13 @@ from .client import set_wait as set_wait
 from .client import shutdown as shutdown
 from .client import wait_until as wait_until
 from .client import wait_until_new as wait_until_new
+from .errors import ArchiveError as ArchiveError
+from .errors import ArchiveUnavailable as ArchiveUnavailable
+from .errors import BeforeDeviceExisted as BeforeDeviceExisted
 from .errors import (
     ConfigurationError as ConfigurationError,
 )
+from .errors import ConfigurationExists as ConfigurationExists
 from .errors import (
     DecodeError as DecodeError,
 )
@@ -65,6 +69,7 @@ from .errors import (
 from .errors import (
     InvalidInstanceId as InvalidInstanceId,
 )
+from .errors import InvalidTimeRange as InvalidTimeRange
 from .errors import (
     KaraboError as KaraboError,
 )
@@ -92,12 +97,16 @@ from .errors import (
 from .errors import (
     SchemaError as SchemaError,
 )
+from .errors import ServiceNotFound as ServiceNotFound
 from .errors import (
     ShmFull as ShmFull,
 )
 from .errors import (
     SlotRefused as SlotRefused,
 )
+from .errors import UnknownConfiguration as UnknownConfiguration
+from .errors import UnknownDevice as UnknownDevice
+from .errors import UnknownProperty as UnknownProperty
 from .fsm import (
     BoundStateMachine as BoundStateMachine,
 )
@@ -171,6 +180,15 @@ from .schema import (
 )
 from .server import DeviceServer as DeviceServer
 from .server import UnknownClass as UnknownClass
+from .services.api import ApplyResult as ApplyResult
+from .services.api import PropertyHistory as PropertyHistory
+from .services.api import apply_configuration as apply_configuration
+from .services.api import get_configuration_from_past as get_configuration_from_past
+from .services.api import get_property_history as get_property_history
+from .services.api import get_saved_configuration as get_saved_configuration
+from .services.api import get_schema_from_past as get_schema_from_past
+from .services.api import list_configurations as list_configurations
+from .services.api import save_configuration as save_configuration
 from .signalslot import SignalSlotable as SignalSlotable
 from .states import (
     AccessLevel as AccessLevel,
