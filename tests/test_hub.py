@@ -113,7 +113,7 @@ async def test_heartbeats_handled_during_slot_flood(
             # while 5,000 slow calls are queued or running, the peer's heartbeats keep arriving
             for _ in range(4):
                 before = proc_state.last_seen
-                await wait_until(lambda: proc_state.last_seen > before, 5 * interval)
+                await wait_until(lambda before=before: proc_state.last_seen > before, 5 * interval)  # type: ignore[misc]
                 seen.append(proc_state.last_seen)
             release.set()
             await asyncio.wait_for(done.wait(), 60)
