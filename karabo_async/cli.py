@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.heartbeat_interval,
                 )
             )
+        if getattr(args, "run_sync", None) is not None:  # runs its own loops (the shell)
+            return int(args.run_sync(args))
         if getattr(args, "run", None) is not None:
             return _run(args.run(args))
         if args.command == "shm":
