@@ -8,6 +8,10 @@ on loopback (writer in another process), for ``copy`` (one input) and ``shared``
 sharing the items). Baselines: raw asyncio TCP on loopback (a BufferedProtocol receiving into a
 preallocated buffer, no framing) and a plain memcpy into a shared-memory buffer.
 
+The ``channel`` rows run the same through devices in one process (memory broker): a device's
+``OutputChannel.write`` of a fresh ``Hash`` with a train-stamped ``Timestamp`` per item, to an
+``InputChannel`` handler that gets a ``ChannelMeta`` -- what device code pays on top of the engine.
+
 Each case writes as fast as it can for ``--seconds`` with back-pressure (``wait``), then sends end
 of stream; the rate is what arrived between the first item and the last end of stream. The writer
 reuses one array for speed (real writers must hand over a fresh item per write).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import mmap
 import multiprocessing as mp
 import os
@@ -29,7 +34,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+import structlog
 
+from karabo_async import ChannelMeta, DeviceServer, Hash, InputChannel, OutputChannel
+from karabo_async.device import Device
 from karabo_async.pipeline import InputEndpoint, ItemMeta, OutputEndpoint
 
 SIZES = {"1 KiB": 1024, "1 MiB": 1024**2, "8 MiB": 8 * 1024**2}
@@ -68,6 +76,7 @@ def _writer_process(
 ) -> None:
     os.environ.update(env)
     _use_uvloop(uv)
+    _quiet()
     asyncio.run(_writer(conn, transport, size, seconds))
 
 
@@ -169,6 +178,53 @@ async def bench_local(distribution: str, size: str, seconds: float) -> Result:
     return Result("local", distribution, size, counter.items, counter.last - counter.first)
 
 
+class _BenchWriter(Device):
+    output = OutputChannel(no_shared_ready="wait")
+
+    async def write_for(self, size: int, seconds: float) -> int:
+        arr = np.ones(size, np.uint8)
+        n = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(64):
+                await self.output.write(Hash(data=arr, n=n))
+                n += 1
+        await self.output.write_end_of_stream()
+        return n
+
+
+class _BenchReader(Device):
+    input = InputChannel(on_slowness="wait")
+    counter: Any = None
+
+    @input.on_data
+    def handle(self, data: Hash, meta: ChannelMeta) -> None:
+        self.counter.on_data(data, meta)
+
+    @input.on_end_of_stream
+    def eos(self, meta: ChannelMeta) -> None:
+        self.counter.on_eos()
+
+
+async def bench_channel(size: str, seconds: float) -> Result:
+    counter = _Counter(1)
+    server = DeviceServer(
+        "bench-srv", classes=[_BenchWriter, _BenchReader], broker="memory://bench", entry_points=False
+    )
+    async with server:
+        await server.instantiate("_BenchWriter", "bench-cam", {})
+        await server.instantiate(
+            "_BenchReader", "bench-rx", {"input.connected_output_channels": ["bench-cam:output"]}
+        )
+        writer, reader = server.devices["bench-cam"], server.devices["bench-rx"]
+        assert isinstance(writer, _BenchWriter) and isinstance(reader, _BenchReader)
+        reader.counter = counter
+        assert await reader.input.wait_connected("bench-cam:output")
+        await writer.write_for(SIZES[size], seconds)
+        await asyncio.wait_for(counter.done.wait(), 30)
+    return Result("channel", "copy", size, counter.items, counter.last - counter.first)
+
+
 # --- baselines ---------------------------------------------------------------------------------------
 
 
@@ -265,9 +321,10 @@ async def run(seconds: float, uv: bool) -> list[Result]:
             results.append(await bench_local(dist, size, seconds))
             for transport in ("shm", "tcp"):
                 results.append(await bench_remote(transport, dist, size, seconds, uv))
+        results.append(await bench_channel(size, seconds))
         results.append(await bench_raw_tcp(size, seconds, uv))
         results.append(bench_memcpy_shm(size, seconds))
-        _print_rows(results[-8:])
+        _print_rows(results[-9:])
     return results
 
 
@@ -286,10 +343,16 @@ def _summary(results: list[Result]) -> None:
     tcp, raw = get("tcp", "1 MiB"), get("raw tcp", "1 MiB")
     shm = get("shm", "8 MiB")
     local = get("local", "1 KiB")
+    channel = get("channel", "1 KiB")
     print()
     print(f"TCP 1 MiB vs raw: {100 * tcp.mb_per_s / raw.mb_per_s:.0f}%  (target >= 70%)")
     print(f"shm 8 MiB: {shm.mb_per_s / 1000:.1f} GB/s  (target >= 5 GB/s)")
     print(f"same process 1 KiB: {local.items_per_s:,.0f} items/s  (target >= 100,000)")
+    print(f"same process 1 KiB through device channels: {channel.items_per_s:,.0f} items/s")
+
+
+def _quiet() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def main() -> None:
@@ -298,6 +361,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run every loop (baselines too) on uvloop")
     args = parser.parse_args()
     _use_uvloop(args.uvloop)
+    _quiet()
     print(
         f"python {sys.version.split()[0]}, numpy {np.__version__}, loop {'uvloop' if args.uvloop else 'asyncio'}"
     )
