@@ -13,10 +13,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/karabo
 
+# A site whose HTTPS goes through an inspecting proxy mounts its CA bundle for the build and names
+# it here (`make image` does, from the host's PIP_CERT); nothing of it stays in the image.
+ARG HOST_CA_BUNDLE=""
+
 # Dependencies first: this layer is rebuilt only when pyproject.toml or the package changes.
 COPY pyproject.toml README.md ./
 COPY karabo_async ./karabo_async
-RUN python3 -m venv /opt/venv \
+RUN if [ -n "$HOST_CA_BUNDLE" ]; then export PIP_CERT="$HOST_CA_BUNDLE"; fi \
+    && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
     && rm -rf /root/.cache
 
