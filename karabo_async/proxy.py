@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from . import codec
 from .device import to_wire
 from .errors import (
     BrokerUnavailable,
@@ -80,6 +81,22 @@ async def next_change(deadline: float | None) -> None:
                 await future
     finally:
         _waiters.discard(future)
+
+
+_schemas: dict[bytes, Schema] = {}
+SCHEMA_CACHE_SIZE = 64
+
+
+def schema_from_document(doc: Mapping[str, Any]) -> Schema:
+    """Rebuilding validation from a document costs milliseconds; devices of one class share theirs."""
+    key = codec.encode(doc)
+    schema = _schemas.get(key)
+    if schema is None:
+        schema = Schema.from_document(doc)
+        if len(_schemas) >= SCHEMA_CACHE_SIZE:
+            _schemas.pop(next(iter(_schemas)))
+        _schemas[key] = schema
+    return schema
 
 
 # --- the link to one device ------------------------------------------------------------------------
@@ -158,7 +175,7 @@ class DeviceLink:
             )
             if not isinstance(config, Hash) or not isinstance(doc, Mapping):
                 raise DeviceGone(f"{self.device_id!r} did not answer like a device (no schema/configuration)")
-            schema = Schema.from_document(doc)
+            schema = schema_from_document(doc)
         except BaseException:
             buffered, self._buffer = self._buffer, None
             for changes in buffered:
@@ -216,7 +233,7 @@ class DeviceLink:
 
     def _on_schema(self, doc: Any) -> None:
         try:
-            self.schema = Schema.from_document(doc)
+            self.schema = schema_from_document(doc)
         except KaraboError as exc:
             log.warning("bad schema update dropped", device=self.device_id, error=str(exc))
             return
