@@ -5,7 +5,9 @@ Measures, per backend, in one run:
   a raw baseline that inserts the same rows, already encoded, with the driver's bulk path
   (``executemany`` on SQLite, ``copy_records_to_table`` on PostgreSQL) into the same table;
 - history: one property with 1,000,000 stored points, reduced to 1,000 in the database;
-- configuration: a device with 200 properties, read as it was at a past time.
+- configuration: a device with 200 properties, read as it was at a past time;
+- end to end: changes a device publishes, through RabbitMQ and a ``karabo-async logger`` process
+  (its durable queue, BufferedWriter, the store) until written, per second (``--no-e2e`` skips it).
 
 Usage: ``python bench/datalogger.py [--pg postgresql://postgres@127.0.0.1/postgres] [--rows 200000]``.
 PostgreSQL runs in a throw-away database created and dropped by the benchmark.
@@ -186,7 +188,77 @@ def table(results: list[dict[str, Any]], rows: int) -> str:
         + "".join(f" {r['backend']} {r['fill']:,.0f}/s" for r in results)
         + ")"
     )
+    e2e = [f"{r['backend']} {r['e2e']:,.0f}/s" for r in results if "e2e" in r]
+    if e2e:
+        lines.append(
+            f"end to end (device -> RabbitMQ -> logger process -> database, {E2E_SIGNALS} signals x"
+            f" {E2E_PROPERTIES} properties): " + ", ".join(e2e)
+        )
     return "\n".join(lines)
+
+
+E2E_PROPERTIES = 50
+E2E_SIGNALS = 2000
+E2E_PLUGIN = f"""
+import asyncio
+from karabo_async import Device, Property, slot
+
+
+class BenchSource(Device):
+{chr(10).join(f"    p{i}: float = Property(0.0)" for i in range(E2E_PROPERTIES))}
+
+    @slot
+    async def burst(self, signals: int) -> int:
+        for n in range(signals):
+            self.set_properties({{f"p{{i}}": float(n) for i in range({E2E_PROPERTIES})}})
+            await asyncio.sleep(0)
+        return signals
+"""
+
+
+def _start_processes(env: dict[str, str], plugins: Path, init: Path, url: str) -> list[Any]:
+    import subprocess
+    import sys
+
+    python = [sys.executable, "-m", "karabo_async"]
+    return [
+        subprocess.Popen([*python, "server", "--id", "bench-srv", "--plugin-dir", str(plugins), "--init", str(init)], env=env),
+        subprocess.Popen([*python, "logger", "--database", url, "--id", "bench-log", "--batch-size", "5000"], env=env),
+    ]  # fmt: skip
+
+
+async def end_to_end(url: str, folder: Path) -> float:
+    """Changes per second from a device's ``set_properties`` to rows written by a logger process."""
+    from karabo_async.signalslot import SignalSlotable
+
+    domain = f"bench_{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "KARABO_DOMAIN": domain}
+    plugins = folder / f"plugins_{domain}"
+    plugins.mkdir()
+    (plugins / "bench_source.py").write_text(E2E_PLUGIN)
+    init = plugins / "init.json"
+    init.write_text('{"devices": [{"id": "bench-source", "class": "BenchSource"}]}')
+    procs = _start_processes(env, plugins, init, url)
+    logger = "bench-log-logger-bench-srv"
+    try:
+        async with SignalSlotable(f"bench-client-{os.getpid()}", domain=domain) as client:
+            await client.topology.wait_for("bench-source", timeout=30)
+            await client.topology.wait_for(logger, timeout=30)
+            # the logger offers counters, not events: poll them
+            while "bench-source" not in await client.request(logger, "get", "logged_devices"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            await client.request(logger, "flush")
+            before = await client.request(logger, "get", "written")
+            total = E2E_SIGNALS * E2E_PROPERTIES
+            start = time.perf_counter()
+            await client.request("bench-source", "burst", E2E_SIGNALS, timeout=120)
+            while await client.request(logger, "get", "written") < before + total:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            return total / (time.perf_counter() - start)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 async def main() -> None:
@@ -196,6 +268,7 @@ async def main() -> None:
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1/postgres", help="server to bench on")
     parser.add_argument("--rows", type=int, default=200_000, help="changes for the ingest test")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end logger measurement")
     args = parser.parse_args()
     rows = logger_rows(args.rows)
     results = []
@@ -204,6 +277,8 @@ async def main() -> None:
         results.append(
             await bench_backend("sqlite", f"sqlite://{base}/a.db", f"sqlite://{base}/raw.db", None, rows)
         )
+        if not args.no_e2e:
+            results[-1]["e2e"] = await end_to_end(f"sqlite://{base}/e2e.db", base)
     if not args.no_pg:
         admin = await asyncpg.connect(args.pg)
         names = [f"bench_archive_{os.getpid()}_{uuid.uuid4().hex[:8]}" for _ in range(2)]
@@ -213,6 +288,9 @@ async def main() -> None:
             root = args.pg.rsplit("/", 1)[0]
             url, raw = (f"{root}/{db}" for db in names)
             results.append(await bench_backend("postgresql", url, raw, url, rows))
+            if not args.no_e2e:
+                with tempfile.TemporaryDirectory() as folder:
+                    results[-1]["e2e"] = await end_to_end(url, Path(folder))
         finally:
             for db in names:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
