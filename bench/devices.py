@@ -109,7 +109,9 @@ async def idle_cost(
             await queue.bind(exchange, "#")
 
         async def trace(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            seen[f"{message.exchange.rsplit('.', 1)[-1]}:{(message.routing_key or '').split('.', 1)[0]}"] += 1
+            seen[
+                f"{(message.exchange or '').rsplit('.', 1)[-1]}:{(message.routing_key or '').split('.', 1)[0]}"
+            ] += 1
 
         await queue.consume(trace, no_ack=True)
         process = psutil.Process(proc.pid)

@@ -360,6 +360,8 @@ async def run_server(
     heartbeat_interval: float = 5.0,
 ) -> int:
     """What ``karabo-async server`` runs."""
+    if init_file:
+        load_init_file(init_file)  # an unreadable file is an error before anything starts
     server = DeviceServer(
         server_id,
         plugin_dirs=plugin_dirs,

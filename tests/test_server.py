@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -415,3 +416,11 @@ async def test_one_heartbeat_for_the_server_and_all_its_devices(broker_url: str,
         assert len(senders) <= elapsed / interval + 2  # one per interval, not one per device
     finally:
         await connection.close()
+
+
+def test_an_unreadable_init_file_stops_the_command_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "init.json"
+    bad.write_text('{"devices": 3}')
+    cmd = server_command("never", "amqp://guest:guest@127.0.0.1:1/", "d", init=bad)  # no broker needed
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and str(bad) in result.stderr
