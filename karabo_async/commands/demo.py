@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.table import Table
@@ -40,7 +42,7 @@ def _folder(name: str) -> Path:
     raise CommandLineError(f"no {name}/ folder here or in {REPO}: run the demo from the repository")
 
 
-async def pick_broker(url: str, domain: str) -> str:
+async def pick_broker(url: str, domain: str, say: Callable[[str], None]) -> str:
     """``url`` when a broker answers there, else the in-process broker; says which."""
     if url.startswith("amqp"):
         probe = Hub(
@@ -50,19 +52,27 @@ async def pick_broker(url: str, domain: str) -> str:
             await probe.start()
             await probe.stop()
         except BrokerUnavailable:
-            print(
+            say(
                 f"no broker answers at {_redact(url)}: running everything in this process on the in-process broker"
             )
             return "memory://demo"
-        print(f"using RabbitMQ at {_redact(url)} (domain {domain})")
+        say(f"using RabbitMQ at {_redact(url)} (domain {domain})")
         return url
-    print(f"using the in-process broker {url}")
+    say(f"using the in-process broker {url}")
     return url
 
 
 async def run(args: argparse.Namespace) -> int:
+    # With --json, stdout carries only the JSON report; the story goes to stderr.
+    out = sys.stderr if args.json else real_stdout()
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
     domain = args.domain or default_domain()
-    broker = "memory://demo" if args.memory else await pick_broker(args.broker or default_broker(), domain)
+    broker = (
+        "memory://demo" if args.memory else await pick_broker(args.broker or default_broker(), domain, say)
+    )
     scan = pick_macro(load_macro_file(_folder("macros") / "scan.py"), "Scan", "macros/scan.py")
     pid = os.getpid()
     server = DeviceServer(
@@ -72,7 +82,6 @@ async def run(args: argparse.Namespace) -> int:
         domain=domain,
         heartbeat_interval=1,
     )
-    out = real_stdout()
     async with server:
         motor_id = await server.instantiate("SimulatedMotor", f"demo-motor-{pid}", {"velocity": 5.0})
         macro = scan(
@@ -89,7 +98,7 @@ async def run(args: argparse.Namespace) -> int:
         await macro.start_device()
         try:
             topology = {iid: dict(info) for iid, info in server.hub.topology.items()}
-            print(f"scanning {motor_id} from 0 to {args.stop} mm in {args.steps} steps:")
+            say(f"scanning {motor_id} from 0 to {args.stop} mm in {args.steps} steps:")
             outcome = await macro.execute()
         finally:
             await macro.stop_device()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.table import Table
@@ -43,7 +44,7 @@ def load(path: str, class_name: str | None) -> type[Macro]:
 async def run(args: argparse.Namespace) -> int:
     class_name, params = split_words(args.words)
     cls = load(args.file, class_name)
-    out = real_stdout()
+    out = sys.stderr if args.json else real_stdout()  # with --json, stdout carries only the report
 
     def echo(text: str) -> None:
         out.write(text)
