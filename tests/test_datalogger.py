@@ -31,6 +31,7 @@ from karabo_async.errors import (
     UnknownProperty,
 )
 from karabo_async.services import api
+from karabo_async.services.datalogger import logger_queue
 from karabo_async.signalslot import SignalSlotable, pop_default_instance, push_default_instance
 
 PLUGIN = textwrap.dedent(
@@ -117,6 +118,7 @@ class LoggerSetup:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.client = SignalSlotable(f"test-client-{os.getpid()}", broker=broker, domain=domain)
         self.service_id = "archive"
+        self.servers: list[str] = []
         self.logger_args: list[str] = []
 
     def env(self) -> dict[str, str]:
@@ -140,6 +142,7 @@ class LoggerSetup:
         return result
 
     async def start_server(self, server_id: str, devices: list[str]) -> None:
+        self.servers.append(server_id)
         init = self.tmp / f"{server_id}.json"
         init.write_text(
             '{"devices": [' + ",".join(f'{{"id": "{d}", "class": "Sensor"}}' for d in devices) + "]}"
@@ -191,7 +194,6 @@ class LoggerSetup:
 
     async def __aexit__(self, *exc: object) -> None:
         pop_default_instance(self.client)
-        await self.client.stop()
         for name in list(self.procs):
             proc = self.procs.pop(name)
             proc.terminate()
@@ -200,6 +202,12 @@ class LoggerSetup:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # the loggers' durable queues outlive them by design: remove them from the shared broker
+        for server_id in self.servers:
+            queue = logger_queue(self.domain, self.logger_of(server_id))
+            for name in (queue, f"{queue}.dropped"):
+                await self.client.hub.transport.delete_queue(name)
+        await self.client.stop()
 
 
 @pytest.fixture
