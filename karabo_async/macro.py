@@ -24,6 +24,7 @@ import contextvars
 import difflib
 import importlib.util
 import itertools
+import os
 import sys
 import time
 import traceback
@@ -281,9 +282,11 @@ class Macro(Device):
 
     @classmethod
     def new_id(cls, prefix: str = "") -> str:
+        """``<prefix>-<Class>-<n>``; the prefix defaults to ``<host>-<pid>`` so that runs started on
+        one host at the same time never claim the same id."""
         from .hub import short_hostname
 
-        return f"{prefix or short_hostname()}-{cls.__name__}-{next(Macro._counter)}"
+        return f"{prefix or f'{short_hostname()}-{os.getpid()}'}-{cls.__name__}-{next(Macro._counter)}"
 
 
 # --- loading macro files ----------------------------------------------------------------------------
