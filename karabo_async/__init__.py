@@ -6,13 +6,6 @@ framework's own business.
 
 from __future__ import annotations
 
-from .device import Device as Device
-from .device import NodeView as NodeView
-from .device import TrainClock as TrainClock
-from .errors import (
-    BrokerUnavailable as BrokerUnavailable,
-)
-
 # --- public exports (add yours below, one import per line group) ---
 from .channels import ChannelMeta as ChannelMeta
 from .channels import InputChannel as InputChannel
@@ -38,9 +31,15 @@ from .client import set_wait as set_wait
 from .client import shutdown as shutdown
 from .client import wait_until as wait_until
 from .client import wait_until_new as wait_until_new
+from .device import Device as Device
+from .device import NodeView as NodeView
+from .device import TrainClock as TrainClock
 from .errors import ArchiveError as ArchiveError
 from .errors import ArchiveUnavailable as ArchiveUnavailable
 from .errors import BeforeDeviceExisted as BeforeDeviceExisted
+from .errors import (
+    BrokerUnavailable as BrokerUnavailable,
+)
 from .errors import (
     ConfigurationError as ConfigurationError,
 )
