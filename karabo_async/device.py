@@ -421,6 +421,7 @@ class Device(Configurable):
             result = method(*args)
             if inspect.isawaitable(result):
                 result = await result
+            self._flush()  # the changes a slot made reach its caller before its reply does
             return result
 
         return handler
@@ -470,6 +471,7 @@ class Device(Configurable):
         result = self.on_reconfigure(dict(validated))
         if inspect.isawaitable(result):
             await result
+        self._flush()
         return {path: to_wire(value) for path, value in validated.items()}
 
     def _slot_get_configuration(self) -> Hash:

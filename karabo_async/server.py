@@ -75,7 +75,9 @@ class DeviceServer:
         self.scan_interval = scan_interval
         for cls in classes:
             self.classes[cls.__name__] = cls
-        self.signalslot = _ServerSignalSlotable(self.server_id, hub=self.hub, info={"server": self.server_id})
+        self.signalslot = _ServerSignalSlotable(
+            self.server_id, hub=self.hub, class_id="DeviceServer", info={"server": self.server_id}
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._register_slots()

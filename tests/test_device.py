@@ -236,3 +236,18 @@ async def test_remote_error_from_device_slot(url: str, domain: str) -> None:
         assert Faulty.seen == ["explode:boom"]
     finally:
         await device.stop_device()
+
+
+async def test_changes_made_by_a_slot_arrive_before_its_reply(url: str, domain: str) -> None:
+    motor = await started(url, domain)
+    try:
+        async with SignalSlotable("client", broker=url, domain=domain) as client:
+            got: list[Hash] = []
+            client.register_slot(got.append, "on_changed")
+            await client.connect("motor-1", "changed", "on_changed")
+            await client.request("motor-1", "set", {"target_position": 12.0}, timeout=5)
+            assert got and got[-1]["target_position"] == 12.0
+            await client.request("motor-1", "move", timeout=5)
+            assert got[-1]["position"] == 12.0  # delivered before the reply resolved the request
+    finally:
+        await motor.stop_device()
