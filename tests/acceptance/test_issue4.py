@@ -1,0 +1,462 @@
+"""Acceptance scenarios of issue 4, written from the issue's words: client API, proxies, macros, the
+macro server, the command line, the shell, the demo and the pytest harness for device authors.
+
+In-process scenarios use the in-process broker (a fresh ``memory://`` per test); anything that crosses
+processes (the command line, a server subprocess, the verbatim client example) uses RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_support import TcpProxy
+
+import karabo_async as ka
+from karabo_async import (
+    AlarmCondition,
+    Device,
+    DeviceServer,
+    Macro,
+    Property,
+    State,
+    connect_device,
+    set_wait,
+    slot,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "devices"))
+
+from motor import SimulatedMotor  # noqa: E402  (devices/ is a plugin folder, not a package)
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def memory() -> str:
+    return f"memory://acc4-{uuid.uuid4().hex[:10]}"
+
+
+def cli_env(broker: str, domain: str) -> dict[str, str]:
+    return {**os.environ, "KARABO_BROKER": broker, "KARABO_DOMAIN": domain, "COLUMNS": "200"}
+
+
+def karabo(env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``karabo-async ARGS`` through its console script, as an operator types it."""
+    exe = REPO / ".venv" / "bin" / "karabo-async"
+    return subprocess.run(
+        [str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO, input=stdin
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def start_server(env: dict[str, str], server_id: str, log: Path, *extra: str) -> subprocess.Popen[str]:
+    """``karabo-async server`` with the simulated devices of devices/, returned once it is online."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "karabo_async", "server", "--id", server_id, "--plugin-dir", "devices",
+             "--heartbeat-interval", "0.5", *extra],
+            env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in proc.stdout:
+        if "online" in line:
+            return proc
+        if time.monotonic() > deadline:
+            break
+    stop_process(proc)
+    raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+class Gauge(Device):
+    """A device for the proxy scenarios: typed properties, options, readonly, state-bound, alarms."""
+
+    gain: float = Property(1.0, ge=0.0, le=10.0)
+    count: int = Property(0, ge=0, le=100)
+    mode: str = Property("fast", options=["fast", "slow"])
+    label: str = Property("x")
+    reading: float = Property(0.0, readonly=True, warn_high=50.0, alarm_high=80.0)
+    armed_value: float = Property(0.0, allowed_states=[State.ON])
+    sets: list[str] = Property([], readonly=True)
+
+    async def on_initialization(self) -> None:
+        self.state = State.ON
+
+    def on_reconfigure(self, changes: dict[str, Any]) -> None:
+        self.sets = [*self.sets, ",".join(sorted(changes))]  # one entry per `set` message
+
+    @slot
+    def read(self, value: float) -> float:
+        self.reading = value
+        return value
+
+    @slot(allowed_states=[State.ON])
+    def disarm(self) -> None:
+        self.state = State.OFF
+
+    @slot
+    def arm(self) -> None:
+        self.state = State.ON
+
+    @slot
+    def whoami(self) -> str:
+        from karabo_async.signalslot import current_message
+
+        message = current_message.get()
+        return message.sender if message is not None else ""
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[str, str]]:
+    """An in-process server ``sim`` offering the simulated devices of devices/ and Gauge."""
+    broker, domain = memory(), "acc4"
+    server = DeviceServer(
+        "sim", plugin_dirs=[REPO / "devices"], classes=[Gauge], broker=broker, domain=domain,
+        heartbeat_interval=0.5, entry_points=False,
+    )  # fmt: skip
+    async with server:
+        yield broker, domain
+
+
+# --- the client API: the issue's example ---------------------------------------------------------
+
+CLIENT_EXAMPLE = """
+import karabo_async as ka
+from karabo_async import connect_device, set_wait, wait_until, State
+
+async def main():
+    async with ka.connect(broker=None, domain=None):          # a client instance for this process
+        async with connect_device("motor-1") as motor:          # live proxy, kept up to date by signals
+            await set_wait(motor, target_position=5.0)          # returns when the device has applied it
+            await motor.move()                                  # slot call, awaits the reply
+            await wait_until(lambda: motor.state == State.ON, timeout=30)
+            print(motor.position, motor.position.timestamp)     # values carry their timestamp
+ka.run(main())                                                  # runs on uvloop when available
+"""
+
+
+@pytest.fixture
+def rabbit_motor(broker_url: str, domain: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A server subprocess with devices/ on RabbitMQ and a fast ``motor-1`` on it; yields the env."""
+    env = cli_env(broker_url, domain)
+    proc = start_server(env, "sim", tmp_path / "server.log")
+    try:
+        result = karabo(env, "instantiate", "sim", "SimulatedMotor", "motor-1", "velocity=10")
+        assert result.returncode == 0, result.stderr
+        yield env
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.rabbitmq
+def test_client_example_verbatim_against_a_server_process(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
+    script = tmp_path / "client_example.py"
+    script.write_text(CLIENT_EXAMPLE)
+    result = subprocess.run(
+        [sys.executable, str(script)], env=rabbit_motor, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    position, stamp = result.stdout.split(None, 1)
+    assert float(position) == 5.0  # the move was over when wait_until returned: the state went MOVING first
+    assert stamp.strip() and stamp.strip() != "None"
+
+
+async def test_client_example_in_process(sim: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker=broker, domain=domain):
+        await ka.instantiate("sim", "SimulatedMotor", "motor-1", {"velocity": 10.0})
+        async with connect_device("motor-1") as motor:
+            await set_wait(motor, target_position=5.0)
+            assert motor.target_position == 5.0  # set_wait returned: the proxy shows it
+            await motor.move()
+            assert motor.state == State.MOVING  # the slot's changes arrived before its reply
+            await wait_until(lambda: motor.state == State.ON, timeout=30)
+            print(motor.position, motor.position.timestamp)
+            assert motor.position == 5.0
+            assert isinstance(motor.position.timestamp, ka.Timestamp)
+    assert "\n5.0 " in "\n" + capsys.readouterr().out
+
+
+def test_run_returns_the_result_on_uvloop() -> None:
+    async def main() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert ka.run(main()).startswith("uvloop")
+
+
+async def test_module_functions_without_an_instance_say_what_to_do() -> None:
+    with pytest.raises(RuntimeError, match="connect"):
+        ka.get_devices()
+
+
+# --- module-level functions ------------------------------------------------------------------------
+
+
+async def test_every_module_level_function_by_name(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain) as client:
+        # the domain
+        assert "sim" in ka.get_servers()
+        assert {"SimulatedMotor", "Gauge"} <= set(await ka.get_classes("sim"))
+        class_schema = await ka.get_class_schema("sim", "Gauge")
+        assert "gain" in class_schema.properties and "read" in class_schema.slots
+        assert await ka.instantiate("sim", "Gauge", "g1", {"gain": 2.0}) == "g1"
+        assert "g1" in ka.get_devices() and ka.get_devices(server="sim") == ka.get_devices("sim")
+        assert ka.get_devices(server="nobody") == []
+        topology = ka.get_topology()
+        assert topology["g1"]["type"] == "device" and topology["sim"]["type"] == "server"
+        assert client.instance_id in topology
+        schema = await ka.get_schema("g1")
+        assert schema.properties["gain"].kind == class_schema.properties["gain"].kind
+        config = await ka.get_configuration("g1")
+        assert config["gain"] == 2.0 and config.get_attribute("gain", "timestamp") is not None
+
+        # setting and calling, by id and by proxy
+        await ka.set_wait("g1", gain=3.0)
+        assert (await ka.get_configuration("g1"))["gain"] == 3.0
+        assert await ka.execute("g1", "read", 12.5) == 12.5
+        g1 = await ka.get_device("g1")
+        assert g1.reading == 12.5
+        assert await ka.execute(g1, "read", 13.0) == 13.0
+        await ka.set_wait(g1, gain=4.0, label="four")
+        assert (g1.gain, g1.label) == (4.0, "four")
+        await ka.set_no_wait(g1, gain=5.0)
+        await wait_until(lambda: g1.gain == 5.0, timeout=5)
+        await ka.set_no_wait("g1", label="five")
+        assert await ka.wait_until_new(g1.label, timeout=5) == "five"
+        assert await wait_until(lambda: g1.gain == 5.0, timeout=1)  # already true: returns at once
+        with pytest.raises(TimeoutError):
+            await wait_until(lambda: g1.gain == 6.0, timeout=0.2)
+
+        # shutdown: the device is gone once it returns
+        await ka.shutdown("g1")
+        assert "g1" not in ka.get_devices()
+        assert not g1.alive
+
+
+async def test_lock_refuses_others_and_ends_with_its_holder(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain) as me:
+        await ka.instantiate("sim", "Gauge", "g2")
+        async with ka.SignalSlotable("other-client", broker=broker, domain=domain) as other:
+            async with ka.connect_device("g2") as g2, ka.lock(g2):
+                await set_wait(g2, gain=2.0)  # the holder may
+                with pytest.raises(ka.DeviceLocked, match=f"locked by '{me.instance_id}'"):
+                    await other.request("g2", "set", {"gain": 3.0})
+                with pytest.raises(ka.DeviceLocked, match="locked by"):
+                    await other.request("g2", "read", 1.0)
+        # the lock ended with the block; a holder that goes away without unlocking releases it too
+        await ka.set_wait("g2", gain=3.0)
+        holder = await ka.connect(broker, domain, instance_id="holder-client")  # now the current instance
+        held = ka.lock("g2")
+        await held.__aenter__()
+        with pytest.raises(ka.DeviceLocked, match="locked by 'holder-client'"):
+            await me.request("g2", "set", {"gain": 5.0})
+        await holder.stop()  # dies holding the lock; the outer client is current again
+        await wait_until(lambda: "holder-client" not in ka.get_topology(), timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await ka.set_wait("g2", gain=4.0)
+                break
+            except ka.DeviceLocked:
+                assert time.monotonic() < deadline, "the lock outlived its holder"
+                await asyncio.sleep(0.05)
+
+
+async def test_functions_act_for_the_running_device(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+
+    class Caller(Device):
+        seen: str = Property("", readonly=True)
+
+        @slot
+        async def ask(self) -> str:
+            self.seen = await ka.execute("g3", "whoami")
+            return self.seen
+
+    async with DeviceServer("srv-caller", classes=[Caller], broker=broker, domain=domain, entry_points=False):
+        async with ka.connect(broker, domain) as client:
+            await ka.instantiate("sim", "Gauge", "g3")
+            assert await ka.execute("g3", "whoami") == client.instance_id
+            await ka.instantiate("srv-caller", "Caller", "caller")
+            assert await ka.execute("caller", "ask") == "caller"  # the device itself is the caller
+
+
+# --- proxies ------------------------------------------------------------------------------------
+
+
+async def test_proxies_are_typed_complete_and_carry_timestamps_and_alarms(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "g4")
+        async with connect_device("g4") as g:
+            assert isinstance(g.gain, float) and isinstance(g.count, int) and isinstance(g.label, str)
+            assert g.state == State.ON
+            names = dir(g)
+            assert {"gain", "count", "mode", "reading", "read", "disarm", "state", "alive"} <= set(names)
+            with pytest.raises(AttributeError, match="nonsense"):
+                _ = g.nonsense
+            assert g.gain.timestamp is not None
+            before = g.gain.timestamp
+            await set_wait(g, gain=2.0)
+            assert g.gain.timestamp > before
+            assert g.reading.alarm == AlarmCondition.NONE
+            await g.read(60.0)
+            await wait_until(lambda: g.reading == 60.0, timeout=5)
+            assert g.reading.alarm == AlarmCondition.WARN
+            await g.read(90.0)
+            await wait_until(lambda: g.reading == 90.0, timeout=5)
+            assert g.reading.alarm == AlarmCondition.ALARM
+
+
+async def test_client_side_validation_before_sending(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "g5")
+        async with connect_device("g5") as g:
+            # refused on assignment, synchronously: nothing was sent
+            for name, value, reason in [
+                ("gain", 11.0, "gain"),  # range
+                ("count", "many", "count"),  # type
+                ("mode", "medium", "mode"),  # options
+                ("reading", 1.0, "reading"),  # readonly
+            ]:
+                with pytest.raises(ka.ReconfigurationError, match=reason):
+                    setattr(g, name, value)
+                with pytest.raises(ka.ReconfigurationError, match=reason):
+                    await set_wait(g, **{name: value})
+            await g.disarm()
+            await wait_until(lambda: g.state == State.OFF, timeout=5)
+            with pytest.raises(ka.ReconfigurationError, match="armed_value"):
+                g.armed_value = 1.0  # allowed state
+            with pytest.raises(ka.SlotRefused):
+                await g.disarm()  # slot not allowed in OFF
+            await g.arm()
+            await wait_until(lambda: g.state == State.ON, timeout=5)
+            assert g.sets == []  # no refused change ever reached the device
+
+
+async def test_assignments_in_one_loop_iteration_travel_as_one_message(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "g6")
+        async with connect_device("g6") as g:
+            g.gain = 3.0
+            g.count = 7
+            g.label = "both"
+            await wait_until(lambda: len(g.sets) == 1, timeout=5)
+            assert list(g.sets) == ["count,gain,label"]
+            assert (g.gain, g.count, g.label) == (3.0, 7, "both")
+
+
+async def test_device_death_and_return_with_a_new_schema(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "dev-x")
+        async with connect_device("dev-x") as proxy:
+            assert proxy.alive
+            await ka.shutdown("dev-x")
+            await wait_until(lambda: not proxy.alive, timeout=5)
+            assert proxy.state == State.UNKNOWN
+            with pytest.raises(ka.DeviceGone):
+                await proxy.read(1.0)
+            with pytest.raises(ka.DeviceGone):
+                await set_wait(proxy, gain=1.0)
+            with pytest.raises(ka.DeviceGone):
+                proxy.gain = 2.0
+            # a device of that id comes back, of another class: the proxy follows by itself
+            await ka.instantiate("sim", "SimulatedMotor", "dev-x", {"velocity": 5.0})
+            await wait_until(lambda: proxy.alive, timeout=10)
+            assert proxy.velocity == 5.0 and "move" in dir(proxy) and "gain" not in dir(proxy)
+            assert proxy.state == State.ON
+
+
+async def test_get_device_resolves_when_the_device_appears(sim: tuple[str, str]) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        with pytest.raises(ka.NoSuchInstance):
+            await ka.connect_device("late")  # connect_device does not wait
+        with pytest.raises(ka.NoSuchInstance, match="late"):
+            await ka.get_device("late", timeout=0.3)
+        waiting = asyncio.ensure_future(ka.get_device("late", timeout=10))
+        await ka.instantiate("sim", "Gauge", "late", {"gain": 6.0})
+        proxy = await waiting
+        assert proxy.alive and proxy.gain == 6.0
+        async with ka.get_device("late") as same:
+            assert same.gain == 6.0
+
+
+async def test_connect_device_misses_no_change_and_wait_until_new_wakes_on_the_first(
+    sim: tuple[str, str],
+) -> None:
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "busy")
+        async with connect_device("busy") as g:
+            # back to back updates: each waiter wakes with the first one after its call
+            first = asyncio.ensure_future(ka.wait_until_new(g.reading, timeout=5))
+            await asyncio.sleep(0)  # let the waiter register (not a settle: it only starts the task)
+            await g.read(1.0)
+            await g.read(2.0)
+            assert await first == 1.0
+            second = asyncio.ensure_future(ka.wait_until_new(g.reading, timeout=5))
+            await asyncio.sleep(0)
+            await g.read(3.0)
+            assert await second == 3.0
+        # a change made right after connect_device returned is seen
+        for i in range(5):
+            async with connect_device("busy") as g:
+                await ka.execute("busy", "read", 100.0 + i)
+                await wait_until(lambda v=100.0 + i: g.reading == v, timeout=5)
+
+
+@pytest.mark.rabbitmq
+async def test_proxies_go_stale_and_recover_when_the_broker_link_comes_back(
+    broker_url: str, domain: str, tcp_proxy: TcpProxy
+) -> None:
+    async with DeviceServer("srv-stale", classes=[Gauge], broker=broker_url, domain=domain, entry_points=False):
+        async with ka.connect(tcp_proxy.url(broker_url), domain, heartbeat_interval=0.5):
+            await ka.instantiate("srv-stale", "Gauge", "g7")
+            async with connect_device("g7") as g:
+                assert not g.stale and not g.gain.stale
+                await tcp_proxy.cut()
+                await wait_until(lambda: g.stale, timeout=10)
+                assert g.gain.stale
+                tcp_proxy.restore()
+                await wait_until(lambda: not g.stale, timeout=30)
+                await set_wait(g, gain=9.0)
+                assert g.gain == 9.0 and not g.gain.stale
