@@ -259,6 +259,14 @@ class StateMachine:
         return self.running.path
 
     @property
+    def state_name(self) -> str:
+        return self.running.state_name
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.running.error
+
+    @property
     def error_reason(self) -> str | None:
         return self.running.error_reason
 
@@ -279,6 +287,9 @@ class StateMachine:
 
     def add_listener(self, listener: Listener) -> None:
         self.running.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self.running.remove_listener(listener)
 
 
 def _takes_no_parameters(function: Callable[..., Any]) -> bool:
