@@ -56,6 +56,7 @@ INFO_SLOT: Final = "get_output_channel_info"
 
 DEFAULT_STATS_INTERVAL: Final = 0.25
 RESOLVE_TIMEOUT: Final = 2.0
+EOS_AT_CLOSE_TIMEOUT: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class BoundOutputChannel:
         self.name = declaration.name
         self.endpoint: OutputEndpoint | None = None
         self._stats: _StatsPublisher | None = None
+        self._eos_task: asyncio.Task[None] | None = None  # the latest end of stream not yet sent
 
     @property
     def channel_id(self) -> str:
@@ -235,13 +237,39 @@ class BoundOutputChannel:
         if the shared-memory pool stayed full (that item is counted as dropped, the output goes on).
         """
         endpoint = self._running()
+        if self._eos_task is not None and not self._eos_task.done():
+            # An end of stream requested without await goes out before this item, as it was asked first.
+            await asyncio.wait([self._eos_task])
         stamp = timestamp if timestamp is not None else timestamp_now()
         item = data if isinstance(data, Hash) else Hash(data)
         await endpoint.write(item, ItemMeta(endpoint.channel_id, stamp, stamp.train_id))
 
-    async def write_end_of_stream(self) -> None:
-        """Each connected input gets one end of stream, after everything written before."""
-        await self._running().write_end_of_stream()
+    def write_end_of_stream(self) -> asyncio.Task[None]:
+        """Each connected input gets one end of stream, after everything written before.
+
+        Scheduled at once, so ``self.output.write_end_of_stream()`` works without ``await``; the
+        returned task may be awaited to know it was sent (and to get its error). Items written
+        afterwards follow it. A failure nobody awaits is logged.
+        """
+        endpoint = self._running()
+        task = asyncio.get_running_loop().create_task(
+            self._end_of_stream(endpoint, self._eos_task), name=f"end-of-stream-{self.channel_id}"
+        )
+        task.add_done_callback(self._end_of_stream_done)
+        self._eos_task = task
+        return task
+
+    async def _end_of_stream(self, endpoint: OutputEndpoint, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        await endpoint.write_end_of_stream()
+
+    def _end_of_stream_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so an un-awaited failure is not reported twice
+        if exc is not None:
+            log.error("end of stream not sent", output=self.channel_id, error=repr(exc))
 
     @property
     def inputs(self) -> list[str]:
@@ -276,6 +304,11 @@ class BoundOutputChannel:
         return None
 
     async def close(self) -> None:
+        eos = self._eos_task
+        if eos is not None and not eos.done():
+            # Let a requested end of stream go out first, but never hang the device's shutdown on it.
+            await asyncio.wait([eos], timeout=EOS_AT_CLOSE_TIMEOUT)
+            eos.cancel()
         if self._stats is not None:
             await self._stats.stop()
         if self.endpoint is not None:

@@ -1,0 +1,270 @@
+"""Acceptance scenarios for issue 5: point-to-point data pipelines, read from the issue's own words.
+
+The issue's example devices are used as written (Camera with ``output = OutputChannel()`` writing
+``Hash(image=frame, frame_id=7)``; Processor with ``InputChannel(data_distribution="copy",
+on_slowness="drop", max_queue_length=2)``), driven the way a user would: ``ka.instantiate`` with
+``{"input.connected_output_channels": ["camera-1:output"]}``, ``await proxy.send(50)`` through
+``connect_device``, counters read as properties of the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import karabo_async as ka
+from karabo_async import Device, Hash, InputChannel, OutputChannel, Property, State, slot
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = REPO / "tests" / "pipeline_plugins"
+
+
+async def until(check: Callable[[], Any], what: str, seconds: float = 10.0) -> None:
+    """Poll a condition (sync or async) until it holds: for values published by other tasks/processes."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# --- the issue's example, verbatim ------------------------------------------------------------------
+
+
+class Camera(Device):
+    output = OutputChannel()  # schema of what it sends may be declared
+
+    async def acquire_one(self, frame):  # type: ignore[no-untyped-def]
+        await self.output.write(Hash(image=frame, frame_id=7), timestamp=None)  # timestamp with train id
+        # self.output.write_end_of_stream() at the end of a run
+
+
+class Processor(Device):
+    input = InputChannel(data_distribution="copy", on_slowness="drop", max_queue_length=2)
+
+    @input.on_data
+    async def handle(self, data: Hash, meta) -> None:  # type: ignore[no-untyped-def]  # meta: source, timestamp, train id
+        ...
+
+    @input.on_end_of_stream
+    async def eos(self, meta) -> None: ...  # type: ignore[no-untyped-def]
+
+
+# --- the same, with slots to drive them and handlers that record --------------------------------------
+
+
+class RunCamera(Camera):
+    """The example camera plus slots: ``send(n)`` acquires n frames (frame i is an image full of i)."""
+
+    elements: int = Property(256, init_only=True, description="uint32 elements per image")
+    sent: int = Property(0, readonly=True)
+
+    async def on_initialization(self) -> None:
+        self.state = State.ON
+
+    @slot
+    async def send(self, n: int) -> int:
+        for _ in range(n):
+            await self.acquire_one(np.full(self.elements, self.sent, np.uint32))
+            self.sent += 1
+        return n
+
+    @slot
+    def end_run(self) -> None:
+        # As the issue's comment writes it: no await.
+        self.output.write_end_of_stream()
+
+    @slot
+    async def end_run_awaited(self) -> None:
+        await self.output.write_end_of_stream()
+
+    @slot
+    async def send_then_end(self, n: int) -> None:
+        await self.send(n)
+        self.output.write_end_of_stream()  # not awaited, then the next run starts at once
+        await self.send(1)
+
+
+class Recorder(Device):
+    """Records what arrives; ``gate`` closed makes the handler slow (it waits inside)."""
+
+    input = InputChannel(data_distribution="copy", on_slowness="drop", max_queue_length=2)
+    eos_count: int = Property(0, readonly=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frames: list[int] = []
+        self.events: list[int | str] = []  # frame numbers and "EOS", in the order the handlers ran
+        self.metas: list[Any] = []
+        self.eos_metas: list[Any] = []
+        self.writable: list[bool] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.inside = asyncio.Event()
+
+    async def on_initialization(self) -> None:
+        self.state = State.ON
+
+    @input.on_data
+    async def handle(self, data: Hash, meta) -> None:  # type: ignore[no-untyped-def]
+        self.inside.set()
+        await self.gate.wait()
+        image = data["image"]
+        assert int(data["frame_id"]) == 7
+        assert bool((image == image[0]).all())
+        self.frames.append(int(image[0]))
+        self.events.append(int(image[0]))
+        self.writable.append(bool(image.flags.writeable))
+        self.metas.append(meta)
+
+    @input.on_end_of_stream
+    async def eos(self, meta) -> None:  # type: ignore[no-untyped-def]
+        self.eos_metas.append(meta)
+        self.events.append("EOS")
+        self.eos_count += 1
+
+
+def recorder(name: str, policy: str = "drop", distribution: str = "copy", queue: int = 2) -> type[Recorder]:
+    """A Recorder class whose input has other defaults (each class declares its own channel)."""
+
+    class R(Recorder):
+        input = InputChannel(data_distribution=distribution, on_slowness=policy, max_queue_length=queue)  # type: ignore[arg-type]
+
+        @input.on_data
+        async def handle(self, data: Hash, meta) -> None:  # type: ignore[no-untyped-def]
+            await Recorder.handle(self, data, meta)
+
+        @input.on_end_of_stream
+        async def eos(self, meta) -> None:  # type: ignore[no-untyped-def]
+            await Recorder.eos(self, meta)
+
+    R.__name__ = R.__qualname__ = name
+    return R
+
+
+QueueRecorder = recorder("QueueRecorder", "queue_drop", queue=2)
+WaitRecorder = recorder("WaitRecorder", "wait")
+SharedRecorder = recorder("SharedRecorder", "wait", "shared")
+CLASSES: list[type[Device]] = [Camera, Processor, RunCamera, Recorder, QueueRecorder, WaitRecorder, SharedRecorder]
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[ka.DeviceServer]:
+    """A server with the example classes and a client, on the in-process broker."""
+    url = f"memory://{uuid.uuid4().hex}"
+    async with (
+        ka.DeviceServer("srv-5", classes=CLASSES, broker=url, domain="issue5", entry_points=False) as srv,
+        ka.connect(broker=url, domain="issue5"),
+    ):
+        yield srv
+
+
+def dev(srv: ka.DeviceServer, device_id: str) -> Any:
+    return srv.devices[device_id]
+
+
+async def test_the_issue_example_runs_as_written(world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "Camera", "camera-1")
+    await ka.instantiate("srv-5", "Processor", "proc-1", {"input.connected_output_channels": ["camera-1:output"]})
+    proc, cam = dev(world, "proc-1"), dev(world, "camera-1")
+    assert await proc.input.wait_connected("camera-1:output")
+    await cam.acquire_one(np.zeros((4, 4), np.uint16))
+    await until(lambda: proc.input.stats["processed"] == 1, "the example handler ran")
+    cam.output.write_end_of_stream()  # the comment of the example, as written: without await
+    await until(lambda: proc.input.stats["end_of_stream_calls"] == 1, "the example's end of stream")
+
+
+async def test_proxy_send_streams_frames_with_meta_and_counters_as_properties(world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "RunCamera", "camera-1")
+    await ka.instantiate("srv-5", "Recorder", "proc-1", {"input.connected_output_channels": ["camera-1:output"]})
+    rec = dev(world, "proc-1")
+    async with ka.connect_device("camera-1") as camera, ka.connect_device("proc-1") as proc:
+        await ka.wait_until(lambda: proc.input.missing_connections == [], timeout=10)
+        assert proc.input.connections == ["camera-1:output=local"]
+        assert await camera.send(50) == 50
+        # "drop": whatever the handler could not take was dropped, counted, never silent; the newest survives.
+        await ka.wait_until(lambda: proc.input.received + camera.output.dropped == 50, timeout=10)
+        await until(lambda: rec.frames and rec.frames[-1] == 49, "the newest frame")
+        await ka.wait_until(lambda: proc.input.processed == len(rec.frames), timeout=10)
+        assert camera.output.items_written == 50
+        assert proc.input.queue_depth == 0 and camera.output.queue_depth == 0
+        assert rec.frames == sorted(rec.frames)
+        meta = rec.metas[-1]
+        assert meta.source == "camera-1:output"
+        assert isinstance(meta.timestamp, ka.Timestamp) and meta.timestamp.train_id == meta.train_id
+        await camera.end_run()  # the slot calls write_end_of_stream() without await
+        await ka.wait_until(lambda: proc.eos_count == 1, timeout=10)
+        await ka.wait_until(lambda: proc.input.end_of_streams == 1, timeout=10)  # published within 0.25 s
+        assert rec.eos_metas[0].source == "camera-1:output"
+
+
+async def test_end_of_stream_without_await_is_scheduled_at_once_and_awaitable(world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "RunCamera", "camera-1")
+    await ka.instantiate(
+        "srv-5", "WaitRecorder", "rec-1", {"input.connected_output_channels": ["camera-1:output"]}
+    )
+    cam, rec = dev(world, "camera-1"), dev(world, "rec-1")
+    assert await rec.input.wait_connected("camera-1:output")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pending = cam.output.write_end_of_stream()  # not awaited: still happens
+        await until(lambda: len(rec.eos_metas) == 1, "end of stream without await")
+        assert isinstance(pending, Awaitable)
+        await pending  # awaiting it afterwards is fine too
+        await cam.output.write_end_of_stream()  # and awaiting at once
+        await until(lambda: len(rec.eos_metas) == 2, "awaited end of stream")
+        # Not awaited, then the next run written at once: the end of stream stays between them.
+        await ka.execute("camera-1", "send_then_end", 3)
+        await until(lambda: len(rec.eos_metas) == 3 and len(rec.frames) == 4, "second run")
+        del pending
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    # Everything written before an end of stream arrives before it, everything after, after it.
+    assert rec.events == ["EOS", "EOS", 0, 1, 2, "EOS", 3]
+
+
+async def test_missing_connections_then_connected_by_itself_and_after_a_restart(world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "Recorder", "proc-1", {"input.connected_output_channels": ["camera-1:output"]})
+    rec = dev(world, "proc-1")
+    async with ka.connect_device("proc-1") as proc:
+        assert proc.input.connected_output_channels == ["camera-1:output"]
+        await ka.wait_until(lambda: proc.input.missing_connections == ["camera-1:output"], timeout=10)
+        await ka.instantiate("srv-5", "RunCamera", "camera-1")
+        await ka.wait_until(lambda: proc.input.missing_connections == [], timeout=10)
+        await ka.execute("camera-1", "send", 2)
+        await until(lambda: rec.frames == [0, 1], "first run")
+        # Closing an output (its device stops) tells its inputs: shown missing, no end of stream.
+        await ka.shutdown("camera-1")
+        await ka.wait_until(lambda: proc.input.missing_connections == ["camera-1:output"], timeout=10)
+        assert rec.eos_metas == []
+        await ka.instantiate("srv-5", "RunCamera", "camera-1")
+        await ka.wait_until(lambda: proc.input.missing_connections == [], timeout=10)
+        await ka.execute("camera-1", "send", 1)
+        await until(lambda: rec.frames == [0, 1, 0], "after the restart")
+        # Reconfigurable like any nested property, through the proxy.
+        await ka.set_wait(proc, {"input.connected_output_channels": []})
+        await ka.wait_until(lambda: proc.input.missing_connections == [], timeout=10)
+        assert rec.input.connected == []
+        with pytest.raises(ka.ReconfigurationError, match="instanceId:channelName"):
+            await ka.set_wait(proc, {"input.connected_output_channels": ["no-colon"]})
