@@ -110,7 +110,8 @@ async def run(args: argparse.Namespace) -> int:
         return EXIT_OK if outcome == "finished" else EXIT_ERROR
     screen = console()
     screen.print(topology_table(topology, domain))
-    table = Table(title=f"{macro.device_id}: {macro.status}")
+    screen.print(f"{macro.device_id}: {macro.status}")  # not a table title: those wrap at the table's width
+    table = Table()
     table.add_column("step", justify="right")
     table.add_column("position (mm)", justify="right")
     for i, position in enumerate(positions):
