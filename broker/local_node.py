@@ -419,7 +419,11 @@ def run_foreground(port: int | None, management_port: int | None, directory: str
     # Before the node answers: whoever sees it answer must also find out whom to stop.
     node.base_dir.mkdir(parents=True, exist_ok=True)
     (node.base_dir / RUNNER_PID_FILE).write_text(f"{os.getpid()}\n")
-    node.start()
+    try:
+        node.start()
+    except BaseException:
+        (node.base_dir / RUNNER_PID_FILE).unlink(missing_ok=True)
+        raise
     print(node.url, flush=True)
     if node.management_url:
         print(f"management console: {node.management_url}", flush=True)

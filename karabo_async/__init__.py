@@ -35,7 +35,9 @@ from .device import Device as Device
 from .device import NodeView as NodeView
 from .device import TrainClock as TrainClock
 from .errors import ArchiveError as ArchiveError
+from .errors import ArchiveTypeError as ArchiveTypeError
 from .errors import ArchiveUnavailable as ArchiveUnavailable
+from .errors import ArchiveValueError as ArchiveValueError
 from .errors import BeforeDeviceExisted as BeforeDeviceExisted
 from .errors import (
     BrokerUnavailable as BrokerUnavailable,

@@ -251,12 +251,15 @@ class DeviceServer:
     async def start_from_file(self, path: str | Path) -> dict[str, str]:
         """Start the devices an init file lists; an invalid entry is reported, the others start.
 
-        Returns ``{device_id: "started" | error text}``.
+        Returns ``{device_id: "started" | error text}``; an id repeated in the file is reported as
+        ``"<id> (entry <n>)"`` so the first entry's outcome is not lost.
         """
         entries = load_init_file(path)
         results: dict[str, str] = {}
         for i, entry in enumerate(entries):
             label = str(entry.get("id", f"entry {i}")) if isinstance(entry, Mapping) else f"entry {i}"
+            if label in results:  # a repeated id: keep the first entry's outcome, report this one apart
+                label = f"{label} (entry {i})"
             try:
                 if not isinstance(entry, Mapping) or "class" not in entry:
                     raise ConfigurationError(

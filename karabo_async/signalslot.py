@@ -381,7 +381,9 @@ class SignalSlotable:
                 return await future
         except TimeoutError:
             if future.done() and not future.cancelled():
-                raise  # a TimeoutError raised remotely travels as RemoteError, so this is ours
+                # The outcome (a reply, or the broker's "expired" return) arrived as our own timer
+                # fired: report that outcome, never the timer's bare TimeoutError.
+                return future.result()
             raise RequestTimeout(target, slot, seconds) from None
         finally:
             self._pending.pop(correlation_id, None)

@@ -34,7 +34,15 @@ def register(subparsers: Any) -> None:
     logger = subparsers.add_parser("logger", help="run the data logger and configuration manager service")
     logger.add_argument("--database", required=True, help="sqlite:///path.db or postgresql://user@host/db")
     logger.add_argument("--id", dest="service_id", default=DEFAULT_SERVICE_ID, help="service (server) id")
-    logger.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="device ids not to log")
+    # extend: `--exclude a b` and `--exclude a --exclude b` both exclude a and b
+    logger.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="device-id patterns not to log",
+    )
     logger.add_argument("--max-loggers", type=int, default=0, help="0: one logger per device server")
     logger.add_argument("--batch-size", type=int, default=1000)
     logger.add_argument("--flush-interval", type=float, default=0.5, help="seconds")

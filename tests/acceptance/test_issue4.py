@@ -460,3 +460,351 @@ async def test_proxies_go_stale_and_recover_when_the_broker_link_comes_back(
                 await wait_until(lambda: not g.stale, timeout=30)
                 await set_wait(g, gain=9.0)
                 assert g.gain == 9.0 and not g.gain.stale
+
+
+# --- macros -----------------------------------------------------------------------------------------
+
+SCAN_EXAMPLE = '''
+from karabo_async import Macro, Property, connect_device, set_wait, wait_until, State
+
+class Scan(Macro):
+    """Step a motor and record its position."""
+    motor_id: str = Property("motor-1")
+    start: float = Property(0.0)
+    stop: float = Property(10.0)
+    steps: int = Property(5, ge=1)
+
+    async def run(self) -> None:
+        async with connect_device(self.motor_id) as motor:
+            for i in range(self.steps + 1):
+                await set_wait(motor, target_position=self.start + i * (self.stop - self.start) / self.steps)
+                await motor.move()
+                await wait_until(lambda: motor.state == State.ON)
+                self.log.info("step", i=i, position=motor.position)
+'''
+
+
+def step_positions(output: str) -> list[float]:
+    return [float(line.rsplit("position=", 1)[1]) for line in output.splitlines() if " step " in line]
+
+
+def example_scan_class(tmp_path: Path) -> type[Macro]:
+    from karabo_async.macro import load_macro_file
+
+    path = tmp_path / "example_scan.py"
+    path.write_text(SCAN_EXAMPLE)
+    return load_macro_file(path)["Scan"]
+
+
+async def test_scan_example_verbatim_steps_the_motor_through_every_position(
+    sim: tuple[str, str], tmp_path: Path
+) -> None:
+    from karabo_async.macro import run_macro
+
+    broker, domain = sim
+    scan = example_scan_class(tmp_path)
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "SimulatedMotor", "motor-1", {"velocity": 10.0})
+        macro = await run_macro(scan, {"steps": 4, "stop": 2.0}, broker=broker, domain=domain)
+        assert macro.outcome == "finished" and macro.state == State.STOPPED, macro.output
+        assert step_positions(macro.output) == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+@pytest.mark.rabbitmq
+async def test_scan_example_verbatim_against_a_motor_in_another_process(
+    rabbit_motor: dict[str, str], tmp_path: Path
+) -> None:
+    from karabo_async.macro import run_macro
+
+    broker, domain = rabbit_motor["KARABO_BROKER"], rabbit_motor["KARABO_DOMAIN"]
+    macro = await run_macro(example_scan_class(tmp_path), {"steps": 3, "stop": 1.5}, broker=broker, domain=domain)
+    assert macro.outcome == "finished", macro.output
+    assert step_positions(macro.output) == [0.0, 0.5, 1.0, 1.5]
+
+
+cleanup_ran: list[str] = []
+
+
+class Waiter(Macro):
+    """Waits until cancelled."""
+
+    seconds: float = Property(30.0, gt=0)
+    label: str = Property("w")
+
+    async def run(self) -> None:
+        print("started", self.label)
+        self.log.info("waiting", seconds=self.seconds)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            cleanup_ran.append(self.label)
+
+
+class Failing(Macro):
+    """Raises."""
+
+    async def run(self) -> None:
+        raise ValueError("the sample is not aligned")
+
+
+class Needs(Macro):
+    """Has a mandatory parameter."""
+
+    motor_id: str = Property(mandatory=True)
+
+    async def run(self) -> None:
+        print("got", self.motor_id)
+
+
+async def test_a_running_macro_is_an_instance_and_cancel_runs_its_finally(sim: tuple[str, str]) -> None:
+    from karabo_async.macro import run_macro
+
+    broker, domain = sim
+    async with ka.connect(broker, domain):
+        run = asyncio.ensure_future(
+            run_macro(Waiter, {"label": "cancel-me"}, broker=broker, domain=domain, device_id="waiter-1")
+        )
+        await wait_until(lambda: "waiter-1" in ka.get_topology(), timeout=10)
+        assert ka.get_topology()["waiter-1"]["type"] == "macro"
+        async with connect_device("waiter-1") as macro:
+            await wait_until(lambda: "waiting" in macro.output, timeout=10)
+            assert macro.state == State.RUNNING and macro.label == "cancel-me" and macro.seconds == 30.0
+            assert "started cancel-me" in macro.output and macro.status
+            await macro.cancel()
+            finished = await asyncio.wait_for(run, 10)
+        assert cleanup_ran[-1] == "cancel-me"
+        assert finished.outcome == "cancelled" and finished.state == State.STOPPED
+        assert "cancelled" in finished.status
+
+        failed = await run_macro(Failing, broker=broker, domain=domain)
+        assert failed.state == State.ERROR and failed.outcome == "failed"
+        assert "Traceback" in failed.output and "ValueError: the sample is not aligned" in failed.output
+
+        with pytest.raises(ka.ConfigurationError, match="motor_id"):
+            await run_macro(Needs, {}, broker=broker, domain=domain)
+        with pytest.raises(ka.ConfigurationError, match="seconds"):
+            await run_macro(Waiter, {"seconds": "long"}, broker=broker, domain=domain)
+
+
+# --- the macro server ---------------------------------------------------------------------------------
+
+LATE_MACRO = '''
+from karabo_async import Macro, Property
+
+class Hello(Macro):
+    """Says hello."""
+    name: str = Property("world")
+
+    async def run(self) -> None:
+        print("hello", self.name)
+'''
+
+
+async def test_macro_server_loads_lists_runs_and_cancels(tmp_path: Path) -> None:
+    broker, domain = memory(), "acc4ms"
+    folder = tmp_path / "macros"
+    folder.mkdir()
+    for name in ("scan.py", "health_check.py", "config_snapshot.py"):
+        (folder / name).write_text((REPO / "macros" / name).read_text())
+    (folder / "waiting.py").write_text(
+        "import asyncio\nfrom karabo_async import Macro, Property\n\n"
+        "class Waiting(Macro):\n    '''Waits.'''\n    seconds: float = Property(30.0)\n\n"
+        "    async def run(self) -> None:\n        print('waiting now')\n"
+        "        await asyncio.sleep(self.seconds)\n"
+    )
+    server = DeviceServer(
+        "sim", plugin_dirs=[REPO / "devices"], classes=[ka.MacroServer], broker=broker, domain=domain,
+        entry_points=False,
+    )  # fmt: skip
+    async with server, ka.connect(broker, domain):
+        await ka.instantiate("sim", "SimulatedMotor", "motor-1", {"velocity": 10.0})
+        await ka.instantiate("sim", "MacroServer", "macros", {"macro_dirs": [str(folder)], "scan_interval": 0.1})
+        async with connect_device("macros") as ms:
+            listing = await ms.list_macros()
+            assert {"Scan", "HealthCheck", "ConfigSnapshot", "Waiting"} <= set(listing)
+            scan_params = listing["Scan"]["schema"]["properties"]
+            assert {"motor_id", "start", "stop", "steps"} <= set(scan_params)
+            assert "Step a motor" in listing["Scan"]["description"]
+
+            # a run: its instance id, readable output and results for other clients
+            run_id = await ka.execute("macros", "run_macro", "Scan", {"steps": 2, "stop": 1.0})
+            assert isinstance(run_id, str) and run_id
+            await wait_until(lambda: run_id not in ms.running, timeout=20)
+            report = await ms.get_run(run_id)
+            assert report["outcome"] == "finished", report
+            assert step_positions(report["output"]) == [0.0, 0.5, 1.0]
+            assert report["parameters"]["steps"] == 2
+
+            # cancel a run in progress; follow its output through its proxy while it runs
+            run_id = await ms.run_macro("Waiting", {"seconds": 30.0})
+            async with connect_device(run_id) as run:
+                await wait_until(lambda: "waiting now" in run.output, timeout=10)
+                assert run.state == State.RUNNING
+                await ms.cancel_macro(run_id)
+            await wait_until(lambda: run_id not in ms.running, timeout=10)
+            assert (await ms.get_run(run_id))["outcome"] == "cancelled"
+
+            # bad input: unknown macro, bad parameters
+            with pytest.raises(ka.KaraboError, match="Sacn"):
+                await ms.run_macro("Sacn", {})
+            with pytest.raises(ka.ConfigurationError, match="steps"):
+                await ms.run_macro("Scan", {"steps": 0})
+
+            # a file added while it runs
+            (folder / "late.py").write_text(LATE_MACRO)
+            await wait_until(lambda: "Hello" in ms.macros, timeout=10)
+            run_id = await ms.run_macro("Hello", {"name": "there"})
+            await wait_until(lambda: run_id not in ms.running, timeout=10)
+            assert "hello there" in (await ms.get_run(run_id))["output"]
+
+            # a broken file is listed, never fatal
+            (folder / "broken.py").write_text("class Broken(Macro)\n")
+            await wait_until(lambda: any("broken.py" in e for e in ms.load_errors), timeout=10)
+            assert ms.alive
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def in_parallel(env: dict[str, str], *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda args: karabo(env, *args), commands))
+
+
+@pytest.mark.rabbitmq
+def test_cli_commands_with_global_options_anywhere(rabbit_motor: dict[str, str], broker_url: str) -> None:
+    env = rabbit_motor
+    domain = env["KARABO_DOMAIN"]
+    bare = {k: v for k, v in env.items() if k not in ("KARABO_BROKER", "KARABO_DOMAIN")}
+
+    # the issue's own example: options after the command's words
+    result = karabo(bare, "get", "motor-1", "position", "--json", "--broker", broker_url, "--domain", domain)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"position": 0.0}
+    # ... and before, and between, in both spellings
+    for line in (
+        ["--json", f"--broker={broker_url}", "--domain", domain, "get", "motor-1", "position"],
+        ["get", "--domain", domain, "motor-1", "--json", "position", "--broker", broker_url, "--timeout", "5"],
+    ):
+        result = karabo(bare, *line)
+        assert result.returncode == 0, (line, result.stderr)
+        assert json.loads(result.stdout) == {"position": 0.0}
+
+    topology, schema_dev, schema_class, get_all = in_parallel(
+        env,
+        ["topology", "--json"],
+        ["schema", "motor-1", "--json"],
+        ["schema", "sim:SimulatedMotor"],
+        ["get", "motor-1"],
+    )
+    assert topology.returncode == 0, topology.stderr
+    instances = json.loads(topology.stdout)
+    assert instances["motor-1"]["type"] == "device" and instances["sim"]["type"] == "server"
+    assert schema_dev.returncode == 0 and "target_position" in json.loads(schema_dev.stdout)["properties"]
+    assert schema_class.returncode == 0 and "target_position" in schema_class.stdout and "move" in schema_class.stdout
+    assert get_all.returncode == 0 and "velocity" in get_all.stdout and "target_position" in get_all.stdout
+
+    result = karabo(env, "set", "motor-1", "target_position=1.5", "velocity=10")
+    assert result.returncode == 0, result.stderr
+    result = karabo(env, "call", "motor-1", "move")
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 20
+    while json.loads(karabo(env, "get", "motor-1", "position", "state", "--json").stdout) != {
+        "position": 1.5,
+        "state": "ON",
+    }:
+        assert time.monotonic() < deadline, "the motor never got to 1.5"
+    result = karabo(env, "get", "motor-1", "position")
+    assert result.stdout.strip() == "1.5"
+
+    result = karabo(env, "instantiate", "sim", "TemperatureSensor", "temp-1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "temp-1" in json.loads(karabo(env, "topology", "--json").stdout)
+    result = karabo(env, "kill", "temp-1")
+    assert result.returncode == 0, result.stderr
+    assert "temp-1" not in json.loads(karabo(env, "topology", "--json").stdout)
+
+
+@pytest.mark.rabbitmq
+def test_cli_bad_input_gives_one_line_and_a_nonzero_exit(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
+    env = rabbit_motor
+    broken = tmp_path / "broken.py"
+    broken.write_text("from karabo_async import Macro\n\nclass Broken(Macro)\n    pass\n")
+    needs = tmp_path / "needs.py"
+    needs.write_text(
+        "from karabo_async import Macro, Property\n\n"
+        "class Needs(Macro):\n    motor_id: str = Property(mandatory=True)\n\n"
+        "    async def run(self) -> None:\n        pass\n"
+    )
+    cases: list[tuple[list[str], str]] = [
+        (["get", "motor-9"], "motor-9"),
+        (["get", "motor-1", "postion"], "postion"),
+        (["set", "motor-1", "velocity=fast"], "velocity"),
+        (["set", "motor-1", "nothing=1"], "nothing"),
+        (["set", "motor-1", "position=3"], "position"),
+        (["call", "motor-1", "mvoe"], "mvoe"),
+        (["call", "motor-9", "move"], "motor-9"),
+        (["kill", "motor-9"], "motor-9"),
+        (["instantiate", "sim", "NoSuchClass", "x-1"], "NoSuchClass"),
+        (["instantiate", "sim", "SimulatedMotor", "x-2", "velocity=fast"], "velocity"),
+        (["schema", "motor-9"], "motor-9"),
+        (["schema", "sim:Nothing"], "Nothing"),
+        (["macro", "run", str(broken)], "syntax error"),
+        (["macro", "run", str(needs)], "motor_id"),
+        (["macro", "run", "macros/scan.py", "steps=many"], "steps"),
+        (["macro", "run", "macros/scan.py", "Sacn"], "Sacn"),
+        (["macro", "run", "macros/nothing.py"], "nothing.py"),
+        (["set", "motor-1", "velocity"], "velocity"),
+    ]
+    results = in_parallel(env, *(args for args, _ in cases))
+    for (args, name), result in zip(cases, results, strict=True):
+        assert result.returncode != 0, args
+        assert name in one_line_error(result), (args, result.stderr)
+    assert results[0].returncode == results[6].returncode  # unknown instances exit alike
+    # --debug shows the traceback
+    result = karabo(env, "get", "motor-9", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_cli_without_a_broker_says_what_to_do(domain: str) -> None:
+    env = cli_env("amqp://guest:guest@127.0.0.1:1/", domain)
+    result = karabo(env, "topology")
+    line = one_line_error(result)
+    assert "broker" in line and "--broker" in line
+
+
+def test_python_dash_m_is_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "karabo_async", "--help"], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 0
+    for command in ("topology", "get", "set", "call", "instantiate", "kill", "schema", "monitor", "macro",
+                    "server", "shell", "demo"):  # fmt: skip
+        assert command in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "karabo_async", "no-such-command"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+
+
+@pytest.mark.rabbitmq
+def test_cli_macro_run_streams_its_log_and_exits_zero(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
+    env = rabbit_motor
+    with_class, without, verbatim = in_parallel(
+        env,
+        ["macro", "run", "macros/scan.py", "Scan", "steps=3", "stop=5"],
+        ["macro", "run", "macros/scan.py", "steps=3", "stop=5", "--json"],
+        ["--help"],
+    )
+    del verbatim
+    assert with_class.returncode == 0, with_class.stderr
+    assert step_positions(with_class.stdout) in ([0.0, 5 / 3, 10 / 3, 5.0], [0.0, 1.6666666666666667, 3.3333333333333335, 5.0])
+    assert "finished" in with_class.stdout
+    assert without.returncode == 0, without.stderr
+    assert json.loads(without.stdout)["outcome"] == "finished"
+    assert len(step_positions(without.stderr)) == 4
+    example = tmp_path / "example_scan.py"
+    example.write_text(SCAN_EXAMPLE)
+    result = karabo(env, "macro", "run", str(example), "Scan", "steps=3", "stop=1.5")
+    assert result.returncode == 0, result.stderr
+    assert step_positions(result.stdout) == [0.0, 0.5, 1.0, 1.5]

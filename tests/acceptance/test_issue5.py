@@ -268,3 +268,176 @@ async def test_missing_connections_then_connected_by_itself_and_after_a_restart(
         assert rec.input.connected == []
         with pytest.raises(ka.ReconfigurationError, match="instanceId:channelName"):
             await ka.set_wait(proc, {"input.connected_output_channels": ["no-colon"]})
+
+
+# --- distribution and slowness, through device configuration and proxies ------------------------------
+
+
+async def camera_and(srv: ka.DeviceServer, *inputs: tuple[str, str, dict[str, Any]], **camera: Any) -> Any:
+    """Start camera-1 (config ``camera``) and the inputs ``(class, id, config)`` connected to it."""
+    await ka.instantiate("srv-5", "RunCamera", "camera-1", camera)
+    for class_id, device_id, config in inputs:
+        await ka.instantiate(
+            "srv-5", class_id, device_id, {"input.connected_output_channels": ["camera-1:output"], **config}
+        )
+        assert await dev(srv, device_id).input.wait_connected("camera-1:output")
+    return dev(srv, "camera-1")
+
+
+async def test_copy_drop_keeps_only_the_newest_waiting_and_counts_drops(world: ka.DeviceServer) -> None:
+    cam = await camera_and(world, ("Recorder", "rec-1", {"input.credit_window": 1}))
+    rec = dev(world, "rec-1")
+    rec.gate.clear()
+    async with ka.connect_device("camera-1") as camera, ka.connect_device("rec-1") as proxy:
+        assert await camera.send(10) == 10  # never waits for the slow input
+        await ka.wait_until(lambda: camera.output.dropped == 8 and camera.output.queue_depth == 1, timeout=10)
+        rec.gate.set()
+        await until(lambda: rec.frames == [0, 9], "the item in the handler and the newest")
+        await ka.wait_until(lambda: camera.output.queue_depth == 0 and proxy.input.processed == 2, timeout=10)
+        assert camera.output.dropped == 8 and cam.output.stats["inputs"]["rec-1:input"]["dropped"] == 8
+
+
+async def test_copy_queue_drop_is_bounded_and_drops_the_oldest(world: ka.DeviceServer) -> None:
+    await camera_and(world, ("QueueRecorder", "rec-1", {"input.credit_window": 1}))
+    rec = dev(world, "rec-1")
+    rec.gate.clear()
+    async with ka.connect_device("camera-1") as camera:
+        await camera.send(10)
+        await ka.wait_until(lambda: camera.output.dropped == 7 and camera.output.queue_depth == 2, timeout=10)
+        rec.gate.set()
+        await until(lambda: rec.frames == [0, 8, 9], "the item in the handler and the newest two")
+    # The queue length is a setting of the input, given at instantiation.
+    await ka.instantiate(
+        "srv-5", "QueueRecorder", "rec-3",
+        {"input.connected_output_channels": ["camera-1:output"], "input.max_queue_length": 4,
+         "input.credit_window": 1},
+    )  # fmt: skip
+    rec3 = dev(world, "rec-3")
+    assert await rec3.input.wait_connected("camera-1:output")
+    await ka.shutdown("rec-1")
+    rec3.gate.clear()
+    await ka.execute("camera-1", "send", 10)
+    rec3.gate.set()
+    await until(lambda: rec3.frames == [10, 16, 17, 18, 19], "queue of four")
+
+
+async def test_copy_wait_is_back_pressure_on_the_writer(world: ka.DeviceServer) -> None:
+    await camera_and(world, ("WaitRecorder", "rec-1", {"input.credit_window": 4}))
+    rec = dev(world, "rec-1")
+    rec.gate.clear()
+    sending = asyncio.create_task(ka.execute("camera-1", "send", 10))
+    # A credit window, not one item at a time: four items travel before the first is processed.
+    await until(lambda: rec.input.stats["received"] == 4, "a window of items in flight")
+    done, _ = await asyncio.wait([sending], timeout=0.3)  # bounded look: the writer must be waiting
+    assert not done and rec.frames == []
+    rec.gate.set()
+    assert await asyncio.wait_for(sending, 10) == 10
+    await until(lambda: rec.frames == list(range(10)), "every item, in order")
+    async with ka.connect_device("camera-1") as camera:
+        await ka.wait_until(lambda: camera.output.items_written == 10, timeout=10)
+        assert camera.output.dropped == 0
+
+
+async def shared_pair(srv: ka.DeviceServer, **camera: Any) -> tuple[Any, Any, Any]:
+    one = {"input.credit_window": 1}
+    cam = await camera_and(srv, ("SharedRecorder", "s-1", one), ("SharedRecorder", "s-2", one), **camera)
+    return cam, dev(srv, "s-1"), dev(srv, "s-2")
+
+
+async def test_shared_each_item_to_exactly_one_balanced_by_readiness(world: ka.DeviceServer) -> None:
+    cam, s1, s2 = await shared_pair(world, **{"output.no_shared_ready": "wait"})
+    await ka.instantiate("srv-5", "Recorder", "copy-1",
+                         {"input.connected_output_channels": ["camera-1:output"], "input.on_slowness": "wait"})  # fmt: skip
+    copy = dev(world, "copy-1")
+    assert await copy.input.wait_connected("camera-1:output")
+    await ka.execute("camera-1", "send", 20)
+    await until(lambda: len(s1.frames) + len(s2.frames) == 20, "the shared items")
+    assert sorted(s1.frames + s2.frames) == list(range(20)) and s1.frames and s2.frames
+    await until(lambda: copy.frames == list(range(20)), "the copy input gets every item")
+    # Balanced by who is ready: a blocked shared input gets no more than what it can take.
+    s1.gate.clear()
+    s1.inside.clear()
+    await ka.execute("camera-1", "send", 1)
+    await s1.inside.wait() if len(s1.frames) == 0 else None
+    before = len(s1.frames)
+    await ka.execute("camera-1", "send", 20)
+    s1.gate.set()
+    await until(lambda: len(s1.frames) + len(s2.frames) == 41, "every item once")
+    assert sorted(s1.frames + s2.frames) == list(range(41))
+    assert len(s1.frames) - before <= 3  # the blocked one: its window, not a fair half
+    # When one dies the others get everything.
+    await ka.shutdown("s-2")
+    await ka.execute("camera-1", "send", 5)
+    await until(lambda: s1.frames[-5:] == list(range(41, 46)), "the survivor gets all")
+    async with ka.connect_device("camera-1") as camera:
+        await ka.wait_until(lambda: camera.output.connected_inputs == ["copy-1:input", "s-1:input"], timeout=10)
+        assert camera.output.dropped == 0
+
+
+async def test_no_shared_input_ready_drop(world: ka.DeviceServer) -> None:
+    _, s1, s2 = await shared_pair(world)  # drop is the default
+    s1.gate.clear()
+    s2.gate.clear()
+    async with ka.connect_device("camera-1") as camera:
+        assert camera.output.no_shared_ready == "drop"
+        await camera.send(10)
+        await ka.wait_until(lambda: camera.output.dropped == 8, timeout=10)
+        s1.gate.set()
+        s2.gate.set()
+        await until(lambda: sorted(s1.frames + s2.frames) == [0, 1], "the two sent before none was ready")
+
+
+async def test_no_shared_input_ready_queue_is_bounded(world: ka.DeviceServer) -> None:
+    _, s1, s2 = await shared_pair(world, **{"output.no_shared_ready": "queue", "output.shared_queue_length": 3})
+    s1.gate.clear()
+    s2.gate.clear()
+    async with ka.connect_device("camera-1") as camera:
+        await camera.send(10)
+        await ka.wait_until(lambda: camera.output.dropped == 5 and camera.output.queue_depth == 3, timeout=10)
+        s1.gate.set()
+        s2.gate.set()
+        await until(lambda: sorted(s1.frames + s2.frames) == [0, 1, 7, 8, 9], "the queued newest three")
+        await ka.wait_until(lambda: camera.output.queue_depth == 0, timeout=10)
+
+
+async def test_no_shared_input_ready_wait(world: ka.DeviceServer) -> None:
+    _, s1, s2 = await shared_pair(world, **{"output.no_shared_ready": "wait"})
+    s1.gate.clear()
+    s2.gate.clear()
+    sending = asyncio.create_task(ka.execute("camera-1", "send", 10))
+    await until(lambda: s1.inside.is_set() and s2.inside.is_set(), "both shared inputs busy")
+    done, _ = await asyncio.wait([sending], timeout=0.3)  # bounded look: the writer must be waiting
+    assert not done
+    s1.gate.set()
+    s2.gate.set()
+    assert await asyncio.wait_for(sending, 10) == 10
+    await until(lambda: sorted(s1.frames + s2.frames) == list(range(10)), "every item exactly once")
+
+
+async def test_end_of_stream_reaches_every_input_once(world: ka.DeviceServer) -> None:
+    await camera_and(
+        world,
+        ("WaitRecorder", "c-1", {}),
+        ("WaitRecorder", "c-2", {}),
+        ("SharedRecorder", "s-1", {}),
+        ("SharedRecorder", "s-2", {}),
+        **{"output.no_shared_ready": "wait"},
+    )
+    await ka.instantiate("srv-5", "RunCamera", "camera-2")
+    await ka.instantiate(
+        "srv-5", "WaitRecorder", "both", {"input.connected_output_channels": ["camera-1:output", "camera-2:output"]}
+    )
+    both = dev(world, "both")
+    assert await both.input.wait_connected("camera-1:output") and await both.input.wait_connected("camera-2:output")
+    await ka.execute("camera-1", "send", 6)
+    await ka.execute("camera-1", "end_run")
+    for name in ("c-1", "c-2", "s-1", "s-2"):
+        await until(lambda: dev(world, name).eos_count == 1, f"end of stream at {name}")
+    assert dev(world, "c-1").events == [0, 1, 2, 3, 4, 5, "EOS"]
+    # An input on two outputs: its handler runs once, when both have ended.
+    await until(lambda: both.frames == list(range(6)), "items at the input on two outputs")
+    assert both.eos_count == 0
+    await ka.execute("camera-2", "end_run_awaited")
+    await until(lambda: both.eos_count == 1, "end of stream once both ended")
+    for name in ("c-1", "c-2", "s-1", "s-2", "both"):
+        assert dev(world, name).eos_count == 1
