@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import contextvars
 import difflib
-import importlib.util
 import itertools
 import os
 import sys
@@ -39,6 +38,7 @@ from .device import Device, to_wire
 from .errors import MacroError
 from .hash import Hash
 from .hub import Hub
+from .plugins import import_file
 from .properties import PropertySpec
 from .proxy import manager_of
 from .schema import Property, schema_of, slot
@@ -149,26 +149,8 @@ class Macro(Device):
 
     _counter: ClassVar[itertools.count[int]] = itertools.count(1)
 
-    def __init__(
-        self,
-        configuration: Mapping[str, Any] | None = None,
-        *,
-        device_id: str | None = None,
-        server_id: str = "",
-        hub: Hub | None = None,
-        broker: str | None = None,
-        domain: str | None = None,
-        heartbeat_interval: float = 5.0,
-    ) -> None:
-        super().__init__(
-            configuration,
-            device_id=device_id,
-            server_id=server_id,
-            hub=hub,
-            broker=broker,
-            domain=domain,
-            heartbeat_interval=heartbeat_interval,
-        )
+    def __init__(self, configuration: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(configuration, **kwargs)
         self.signalslot.instance_type = "macro"
         self.log = MacroLog(self)
         self.output_listeners: list[Callable[[str], None]] = []
@@ -297,19 +279,11 @@ def load_macro_file(path: str | Path) -> dict[str, type[Macro]]:
     path = Path(path)
     if not path.is_file():
         raise MacroError(f"no macro file {str(path)!r}")
-    name = f"karabo_macros.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise MacroError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        module = import_file(path, "karabo_macros")
     except SyntaxError as exc:
-        sys.modules.pop(name, None)
         raise MacroError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
     except Exception as exc:
-        sys.modules.pop(name, None)
         raise MacroError(f"{path}: importing it raised {type(exc).__name__}: {exc}") from exc
     return _macro_classes(module)
 

@@ -16,7 +16,6 @@ import importlib.util
 import inspect
 import json
 import signal
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +32,7 @@ from .errors import (
     UnknownClass,
 )
 from .hub import Hub
+from .plugins import import_file
 from .schema import schema_of
 from .signalslot import SignalSlotable, generate_instance_id
 from .wire import check_instance_id
@@ -330,19 +330,7 @@ def load_init_file(path: str | Path) -> list[Any]:
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a plugin file under a name of its own (re-imported when the file changes)."""
-    name = f"karabo_plugins.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
+    return import_file(path, "karabo_plugins")
 
 
 def _cleanup_shared_memory() -> None:
