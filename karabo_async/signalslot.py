@@ -369,14 +369,9 @@ class SignalSlotable:
         RequestTimeout (the request is not executed once its deadline passed)."""
         seconds = self.request_timeout if timeout is None else timeout
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        correlation_id = f"{self._prefix}{next(self._next_id):x}"
-        self._pending[correlation_id] = _Pending(target, slot, seconds, future, None)
-        message = self._message(Kind.REQUEST, target, slot, args)
-        message.correlation_id = correlation_id
-        message.reply_to = self.instance_id
-        message.deadline = time.time() + seconds
+        correlation_id = self._track(_Pending(target, slot, seconds, future, None))
         try:
-            await self._publish(self.names.slots, Names.call_key(target, slot, self.instance_id), message)
+            await self._send_request(correlation_id, target, slot, args, seconds)
             async with asyncio.timeout(seconds):
                 return await future
         except TimeoutError:
@@ -395,19 +390,30 @@ class SignalSlotable:
         if reply_slot not in self._slots:
             raise NoSuchSlot(self.instance_id, reply_slot)
         seconds = self.request_timeout if timeout is None else timeout
-        correlation_id = f"{self._prefix}{next(self._next_id):x}"
-        self._pending[correlation_id] = _Pending(target, slot, seconds, None, reply_slot)
-        message = self._message(Kind.REQUEST, target, slot, args)
-        message.correlation_id = correlation_id
-        message.reply_to = self.instance_id
-        message.deadline = time.time() + seconds
+        correlation_id = self._track(_Pending(target, slot, seconds, None, reply_slot))
         try:
-            await self._publish(self.names.slots, Names.call_key(target, slot, self.instance_id), message)
+            await self._send_request(correlation_id, target, slot, args, seconds)
         except BaseException:
             self._pending.pop(correlation_id, None)
             raise
         loop = asyncio.get_running_loop()
         loop.call_later(seconds, self._expire_no_wait, correlation_id)
+
+    def _track(self, pending: _Pending) -> str:
+        correlation_id = f"{self._prefix}{next(self._next_id):x}"
+        self._pending[correlation_id] = pending
+        return correlation_id
+
+    async def _send_request(
+        self, correlation_id: str, target: str, slot: str, args: tuple[Any, ...], seconds: float
+    ) -> None:
+        """A request carries its deadline: the broker drops it when it expires in a queue, and the
+        callee refuses to run it when it arrives late."""
+        message = self._message(Kind.REQUEST, target, slot, args)
+        message.correlation_id = correlation_id
+        message.reply_to = self.instance_id
+        message.deadline = time.time() + seconds
+        await self._publish(self.names.slots, Names.call_key(target, slot, self.instance_id), message)
 
     def _expire_no_wait(self, correlation_id: str) -> None:
         pending = self._pending.pop(correlation_id, None)
