@@ -508,16 +508,22 @@ class Device(Configurable):
         self.set_property("locked_by", "")
 
     async def _slot_shutdown(self) -> None:
-        self.signalslot._spawn(self._shutdown_soon())
+        # Not one of the signalslot's own tasks: going offline cancels those, and with them the stop.
+        if self._shutting_down is None:
+            self._shutting_down = asyncio.get_running_loop().create_task(self._shutdown_soon())
 
     async def _shutdown_soon(self) -> None:
         await asyncio.sleep(0)  # let the reply go out first
-        if self._on_shutdown_request is not None:
-            await self._on_shutdown_request(self)
-        else:
-            await self.stop_device()
+        try:
+            if self._on_shutdown_request is not None:
+                await self._on_shutdown_request(self)
+            else:
+                await self.stop_device()
+        except Exception as exc:  # nobody awaits this task: say what went wrong
+            self.log.error("shutdown failed", error=f"{type(exc).__name__}: {exc}")
 
     _on_shutdown_request: Callable[[Device], Awaitable[None]] | None = None
+    _shutting_down: asyncio.Task[None] | None = None
     _on_stopped: Callable[[Device], None] | None = None
     _announced_status = ""
 

@@ -304,10 +304,14 @@ class DeviceServer:
 
     async def _slot_shutdown(self) -> None:
         async def later() -> None:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let the reply go out first
             await self.stop()
 
-        self.signalslot._spawn(later())
+        # Not one of the signalslot's own tasks: stopping it cancels those, and with them the stop.
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(later())
+
+    _stopping: asyncio.Task[None] | None = None
 
 
 def load_init_file(path: str | Path) -> list[Any]:
