@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import csv
+import dataclasses
+import enum
+import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import numpy as np
 import structlog
 
-from ..archive import open_store, redact_url
+from ..archive import ArrayRef, SavedConfiguration, open_store, redact_url
 from ..archive.store import DEFAULT_MAX_POINTS
 from ..hash import Hash, values_equal
 from ..hub import short_hostname
@@ -154,7 +159,17 @@ async def run_history(args: argparse.Namespace) -> int:
         write_csv(points, args.csv)
     if args.plot:
         plot_history(points, f"{args.device}.{args.property}", args.plot)
-    if not args.csv and not args.plot:
+    if args.json:
+        print_json(
+            {
+                "device": args.device,
+                "property": args.property,
+                "reduced": points.reduced,
+                "total": points.total,
+                "points": [{"time": t, "train_id": t.train_id, "value": v} for t, v in points],
+            }
+        )
+    elif not args.csv and not args.plot:
         print(f"{'time':<32} {'train id':>10}  value")
         for stamp, value in points:
             print(f"{stamp.to_iso():<32} {stamp.train_id:>10}  {value!r}")
@@ -192,6 +207,36 @@ def plot_history(points: list[tuple[Timestamp, Any]], title: str, path: str) -> 
         plt.close(fig)
 
 
+def plain(value: Any) -> Any:
+    """JSON data of what the archive hands out, for ``--json`` (the CLI's own helper lives in a layer
+    above this one)."""
+    if isinstance(value, Timestamp):
+        return value.to_iso()
+    if isinstance(value, ArrayRef):
+        return {"shape": list(value.shape), "dtype": value.dtype, "nbytes": value.nbytes}
+    if isinstance(value, Hash):
+        return plain(flat_values(value))
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(plain(value), indent=2), flush=True)
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -201,18 +246,34 @@ async def run_config_at(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         past = await api.get_configuration_from_past(args.device, args.time)
         live = await client.request(args.device, "get_configuration") if args.diff_now else None
+    if live is None and args.json:
+        print_json(
+            {p: {"value": past[p], "timestamp": past.get_attribute(p, "timestamp")} for p in past.paths()}
+        )
+        return 0
     if live is None:
         for path in past.paths():
             stamp = past.get_attribute(path, "timestamp")
             print(f"{path:<32} {_show(past[path]):<40} {stamp.to_iso()}")
         return 0
-    print_diff(flat_values(past), flat_values(live), "then", "now")
+    print_diff(flat_values(past), flat_values(live), "then", "now", args.json)
     return 0
 
 
-def print_diff(old: dict[str, Any], new: dict[str, Any], old_label: str, new_label: str) -> int:
-    """Print the paths whose values differ; returns how many."""
+def print_diff(
+    old: dict[str, Any], new: dict[str, Any], old_label: str, new_label: str, as_json: bool = False
+) -> int:
+    """Print the paths whose values differ (JSON: ``{path: {old_label: v, new_label: v}}``, absent
+    values left out); returns how many."""
     differing = [p for p in sorted(set(old) | set(new)) if not values_equal(old.get(p), new.get(p))]
+    if as_json:
+        print_json(
+            {
+                p: {label: side[p] for label, side in ((old_label, old), (new_label, new)) if p in side}
+                for p in differing
+            }
+        )
+        return len(differing)
     print(f"{'property':<32} {old_label:<40} {new_label}")
     for path in differing:
         before = _show(old[path]) if path in old else "(absent)"
@@ -230,13 +291,19 @@ async def run_config_save(args: argparse.Namespace) -> int:
         saved = await api.save_configuration(
             args.name, args.devices, args.description, overwrite=args.overwrite
         )
-    print(f"saved {args.name!r} for {', '.join(saved)}")
+    if args.json:
+        print_json({"name": args.name, "saved": saved})
+    else:
+        print(f"saved {args.name!r} for {', '.join(saved)}")
     return 0
 
 
 async def run_config_list(args: argparse.Namespace) -> int:
     async with _client(args):
         infos = await api.list_configurations(args.device)
+    if args.json:
+        print_json([dataclasses.asdict(info) for info in infos])
+        return 0
     for info in infos:
         print(
             f"{info.name:<24} {info.device_id:<24} {info.timestamp.to_iso():<32} {info.user:<12} {info.description}"
@@ -248,21 +315,31 @@ async def run_config_show(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         saved = await api.get_saved_configuration(args.name, args.device)
         live = await client.request(args.device, "get_configuration") if args.diff_now else None
-    print(
-        f"# {saved.name} for {saved.device_id}, saved {saved.timestamp.to_iso()} by {saved.user}: {saved.description}"
-    )
     if isinstance(live, Hash):
-        print_diff(saved.config, flat_values(live), "saved", "now")
+        if not args.json:
+            print(_header(saved))
+        print_diff(saved.config, flat_values(live), "saved", "now", args.json)
         return 0
+    if args.json:
+        print_json(dataclasses.asdict(saved))
+        return 0
+    print(_header(saved))
     for path, value in saved.config.items():
         print(f"{path:<32} {_show(value)}")
     return 0
 
 
+def _header(saved: SavedConfiguration) -> str:
+    return f"# {saved.name} for {saved.device_id}, saved {saved.timestamp.to_iso()} by {saved.user}: {saved.description}"
+
+
 async def run_config_apply(args: argparse.Namespace) -> int:
     async with _client(args):
         results = await api.apply_configuration(args.name, args.devices or None)
-    refused = 0
+    refused = sum(len(result.refused) for result in results.values())
+    if args.json:
+        print_json({device_id: dataclasses.asdict(result) for device_id, result in results.items()})
+        return 1 if refused else 0
     for device_id, result in results.items():
         print(
             f"{device_id}: applied {len(result.applied)}, unchanged {len(result.unchanged)},"
@@ -272,5 +349,4 @@ async def run_config_apply(args: argparse.Namespace) -> int:
             print(f"  applied  {path} = {_show(value)}")
         for path, reason in result.refused.items():
             print(f"  refused  {path}: {reason}")
-        refused += len(result.refused)
     return 1 if refused else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -382,10 +383,12 @@ async def test_cli_history_and_config_at(stack: Stack, client: ka.SignalSlotable
     assert "0.4" in table and len([line for line in table.splitlines() if line.strip()]) >= len(expected)
 
     out_csv, out_png = stack.tmp / "position.csv", stack.tmp / "position.png"
-    stack.cli(
+    as_json = stack.cli(
         "history", "motor-1", "position", "--since", since, "--until", until_,
-        "--csv", str(out_csv), "--plot", str(out_png),
-    )  # fmt: skip
+        "--csv", str(out_csv), "--plot", str(out_png), "--json",
+    ).stdout  # fmt: skip
+    doc = json.loads(as_json)
+    assert [p["value"] for p in doc["points"]] == [v for _, v in expected] and doc["reduced"] is False
     with out_csv.open() as f:
         rows = list(csv.reader(f))
     assert len(rows) == len(expected) + 1  # a header, then every point
@@ -471,11 +474,42 @@ async def test_config_command_line(stack: Stack, client: ka.SignalSlotable) -> N
     await drive_into_error("motor-2")
     refused = stack.cli("config", "apply", "cli-saved", "motor-2", check=False)
     assert refused.returncode == 1 and "refused" in refused.stdout and "target_position" in refused.stdout
+    listed_json = json.loads(stack.cli("config", "list", "motor-2", "--json").stdout)
+    assert {c["name"] for c in listed_json} >= {"cli-saved"}
     assert (await ka.get_configuration("motor-2"))["velocity"] == 8.0
     await recover("motor-2", 50.0)
 
     taken = stack.cli("config", "save", "cli-saved", "motor-2", check=False)
     assert taken.returncode != 0 and "cli-saved" in taken.stderr
+
+
+async def test_the_classes_run_on_any_server_in_process(tmp_path: Path) -> None:
+    """DataLoggerManager and ConfigurationManager instantiated on an ordinary server (in-process broker)."""
+    from karabo_async.server import DeviceServer
+    from karabo_async.services.confmanager import ConfigurationManager
+    from karabo_async.services.datalogger import DataLogger, DataLoggerManager
+
+    class Axis(ka.Device):
+        position: float = ka.Property(0.0)
+
+    url, database = f"memory://{uuid.uuid4().hex}", f"sqlite:///{tmp_path / 'inproc.db'}"
+    classes = [Axis, DataLoggerManager, DataLogger, ConfigurationManager]
+    async with (
+        DeviceServer("srv", classes=classes, broker=url, domain="inproc", entry_points=False),
+        ka.connect(url, "inproc"),
+    ):
+        await ka.instantiate("srv", "Axis", "axis-1")
+        await ka.instantiate("srv", "DataLoggerManager", "dlm", {"database": database, "flush_interval": 0.1})
+        await ka.instantiate("srv", "ConfigurationManager", "cfg", {"database": database})
+        await until(lambda: _archived("axis-1", "position", 0.0), what="axis-1 archived")
+        for value in (1.0, 2.0, 3.0):
+            await ka.set_wait("axis-1", position=value)
+        await until(lambda: _archived("axis-1", "position", 3.0), what="axis-1 changes archived")
+        points = await ka.get_property_history("axis-1", "position", "2000-01-01", datetime.now(UTC))
+        assert [v for _, v in points] == [0.0, 1.0, 2.0, 3.0]
+        await ka.save_configuration("three", "axis-1")
+        await ka.set_wait("axis-1", position=7.0)
+        assert (await ka.apply_configuration("three"))["axis-1"].applied == {"position": 3.0}
 
 
 # --- deployment -----------------------------------------------------------------------------------------
