@@ -302,7 +302,12 @@ class DeviceServer:
             raise UnknownClass(f"server {self.server_id!r} has no device class {class_id!r}")
         return schema_of(cls).to_document()
 
-    async def _slot_shutdown(self) -> None:
+    async def _slot_shutdown(self, device_id: str | None = None) -> None:
+        """``shutdown()`` stops the server with its devices; ``shutdown(device_id)`` one device only."""
+        if device_id is not None:
+            await self.shutdown_device(device_id)
+            return
+
         async def later() -> None:
             await asyncio.sleep(0)  # let the reply go out first
             await self.stop()

@@ -1173,6 +1173,10 @@ async def test_server_shutdown_slot_stops_server_and_devices(broker_url: str, do
         async with ka.connect(broker_url, domain) as client:
             await client.topology.wait_for(server_id, 10)
             await ka.instantiate(server_id, "TemperatureSensor", "sensor-1", {"update_interval": 5.0})
+            await ka.instantiate(server_id, "TemperatureSensor", "sensor-2", {"update_interval": 5.0})
+            await client.request(server_id, "shutdown", "sensor-2", timeout=5)  # shutdown(device_id)
+            await client.topology.wait_for("sensor-2", 3, gone=True)
+            assert server_id in client.topology and "sensor-1" in client.topology
             await client.request(server_id, "shutdown", timeout=5)
             async with asyncio.timeout(5):
                 for instance in ("sensor-1", server_id):
