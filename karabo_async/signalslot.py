@@ -20,7 +20,7 @@ import secrets
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -39,7 +39,7 @@ from .errors import (
     RequestTimeout,
 )
 from .hub import VERSION, Hub, short_hostname
-from .topology import INSTANCE_GONE, INSTANCE_NEW, INSTANCE_UPDATED, Topology, TopologyEvent
+from .topology import INSTANCE_GONE, INSTANCE_NEW, INSTANCE_UPDATED, EventStream, Topology, TopologyEvent
 from .wire import Kind, Message, Names, check_instance_id, check_name
 
 log = structlog.get_logger(__name__)
@@ -91,6 +91,10 @@ DEFAULT_QUEUE_LENGTH = 100_000
 DEFAULT_QUEUE_TTL = 300.0
 
 _counters: dict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
+
+# What a slot may raise without taking its instance down: a sys.exit() in one device's slot must not
+# end the server process hosting all the others (it is reported like any other slot error).
+_SLOT_ERRORS = (Exception, SystemExit)
 
 
 def generate_instance_id(kind: str, class_id: str | None = None) -> str:
@@ -485,8 +489,9 @@ class SignalSlotable:
         self.topology.add_listener(listener)
         return callback
 
-    def topology_events(self) -> AsyncIterator[TopologyEvent]:
-        """instance_new / instance_updated / instance_gone events as an async iterator."""
+    def topology_events(self) -> EventStream:
+        """instance_new / instance_updated / instance_gone events from this call on, as an async
+        iterator (``aclose()`` it when done)."""
         return self.topology.events()
 
     # --- receiving -------------------------------------------------------------------------------
@@ -552,7 +557,7 @@ class SignalSlotable:
         try:
             args = self._decode_args(message)
             result = fn(*args)
-        except Exception as exc:
+        except _SLOT_ERRORS as exc:
             self._slot_failed(message, exc, reply)
             return None
         finally:
@@ -575,13 +580,13 @@ class SignalSlotable:
                     message, RemoteError(self.instance_id, message.name, "CancelledError", "cancelled")
                 )
             raise
-        except Exception as exc:
+        except _SLOT_ERRORS as exc:
             self._slot_failed(message, exc, reply)
             return
         if reply:
             self._reply(message, result)
 
-    def _slot_failed(self, message: Message, exc: Exception, reply: bool) -> None:
+    def _slot_failed(self, message: Message, exc: BaseException, reply: bool) -> None:
         log.warning(
             "slot raised",
             instance=self.instance_id,
@@ -589,7 +594,8 @@ class SignalSlotable:
             sender=message.sender,
             error=f"{type(exc).__name__}: {exc}",
         )
-        self.slot_exception(message.name, exc)
+        if isinstance(exc, Exception):
+            self.slot_exception(message.name, exc)
         if reply:
             self._reply_error(message, exc)
         else:
@@ -695,7 +701,7 @@ class SignalSlotable:
             result = fn(*args)
             if inspect.isawaitable(result):
                 self._spawn(result)
-        except Exception as exc:
+        except _SLOT_ERRORS as exc:
             log.warning(
                 "reply slot raised", instance=self.instance_id, slot=pending.reply_slot, error=str(exc)
             )
@@ -718,7 +724,7 @@ class SignalSlotable:
                 continue
             try:
                 result = fn(*args)
-            except Exception as exc:
+            except _SLOT_ERRORS as exc:
                 self._slot_failed(message, exc, False)
                 continue
             if inspect.isawaitable(result):
