@@ -17,8 +17,9 @@ from .errors import DecodeError, InvalidInstanceId
 CONTENT_TYPE = "application/msgpack"
 APP_ID = "karabo-async"
 
-_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_/\-]+$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# used with fullmatch: ``$`` would also accept a trailing newline
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9_/\-]+")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class Kind(StrEnum):
@@ -140,7 +141,7 @@ def _death_reason(x_death: object) -> str | None:
 
 def check_instance_id(instance_id: str) -> str:
     """Refuse ids that would break routing keys or queue names, with a clear reason."""
-    if not isinstance(instance_id, str) or not _INSTANCE_ID.match(instance_id):
+    if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
         raise InvalidInstanceId(
             f"invalid instance id {instance_id!r}: use letters, digits, '_', '-' and '/' only"
         )
@@ -149,7 +150,7 @@ def check_instance_id(instance_id: str) -> str:
 
 def check_name(name: str, what: str = "slot") -> str:
     """Slot and signal names are identifiers, optionally dotted for slots inside nodes."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"invalid {what} name {name!r}: use a Python identifier (dots separate nodes)")
     return name
 
