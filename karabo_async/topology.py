@@ -49,6 +49,36 @@ class _Process:
 Listener = Callable[[TopologyEvent], None]
 
 
+class EventStream(AsyncIterator[TopologyEvent]):
+    """Topology events as an async iterator; subscribed from creation until ``aclose()``."""
+
+    def __init__(self, subscribers: list[asyncio.Queue[TopologyEvent]]) -> None:
+        self._queue: asyncio.Queue[TopologyEvent] = asyncio.Queue()
+        self._subscribers: list[asyncio.Queue[TopologyEvent]] | None = subscribers
+        subscribers.append(self._queue)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TopologyEvent:
+        if self._subscribers is None:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._unsubscribe()
+
+    def _unsubscribe(self) -> None:
+        if self._subscribers is not None:
+            if self._queue in self._subscribers:
+                self._subscribers.remove(self._queue)
+            self._subscribers = None
+
+    def __del__(self) -> None:
+        # an iterator left behind (``break`` out of ``async for``) must not collect events forever
+        self._unsubscribe()
+
+
 class Topology(Mapping[str, dict[str, Any]]):
     """A read-only mapping ``{instance_id: info}`` of live instances, with change events.
 
@@ -91,15 +121,13 @@ class Topology(Mapping[str, dict[str, Any]]):
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    async def events(self) -> AsyncIterator[TopologyEvent]:
-        """Every event from now on, as an async iterator (ends when the consumer stops iterating)."""
-        queue: asyncio.Queue[TopologyEvent] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def events(self) -> EventStream:
+        """Every event from this call on, as an async iterator.
+
+        It subscribes here, not when first awaited, so that an event caused right after this call (an
+        instance started next) is never missed. ``aclose()`` (or dropping the iterator) unsubscribes.
+        """
+        return EventStream(self._queues)
 
     async def wait_for(self, instance_id: str, timeout: float | None = None, *, gone: bool = False) -> None:
         """Wait until an instance is present (or, with ``gone``, absent); TimeoutError otherwise."""
