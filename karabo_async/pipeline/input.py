@@ -60,6 +60,7 @@ class _Link:
         self.conn = conn
         self.input = conn.input
         self.alive = True
+        self.established = True  # a socket link only once the output's welcome arrived
         self._owed = 0
 
     def consumed(self, slot: int | None) -> None:
@@ -105,6 +106,7 @@ class _StreamLink(_Link):
     def __init__(self, conn: _Connection, transport: str) -> None:
         super().__init__(conn)
         self.transport = transport
+        self.established = False
         self.protocol: FrameProtocol | None = None
         self.segment: mmap.mmap | None = None
         self.welcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -129,6 +131,7 @@ class _StreamLink(_Link):
                 if not isinstance(seg, str):
                     raise DecodeError(f"bad segment name {seg!r}")
                 self.segment = attach(seg)
+            self.established = True
             if not self.welcome.done():
                 self.welcome.set_result(None)
         elif kind == "x":
@@ -186,7 +189,8 @@ class _Connection:
 
     @property
     def connected(self) -> bool:
-        return self.link is not None and self.link.alive
+        # Not before the handshake is done: the output does not know this input until then.
+        return self.link is not None and self.link.alive and self.link.established
 
     def lost(self, link: _Link) -> None:
         if link is self.link:
