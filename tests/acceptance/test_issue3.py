@@ -1356,3 +1356,30 @@ def test_compose_file_validates_and_describes_broker_and_two_device_servers() ->
     test_line = next(line for line in makefile.splitlines() if line.startswith("test:"))
     assert "container-smoke" not in test_line
     assert (REPO / "Dockerfile").exists()
+
+
+async def test_one_heartbeat_for_a_server_and_all_its_devices(broker_url: str, domain: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(f"{domain}.heartbeats", aio_pika.ExchangeType.TOPIC)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "heartbeat.*")
+        senders: list[str] = []
+
+        async def heard(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            senders.append(message.routing_key or "")
+
+        await queue.consume(heard, no_ack=True)
+        async with DeviceServer("hb-srv", classes=[Stage], broker=broker_url, domain=domain,
+                                heartbeat_interval=0.2, entry_points=False) as server:  # fmt: skip
+            for i in range(10):
+                await server.instantiate("Stage", f"stage-{i}", {})
+            senders.clear()
+            began = time.monotonic()
+            await poll(lambda: len(senders) >= 4, 10, "four heartbeats")
+            elapsed = time.monotonic() - began
+        assert set(senders) == {"heartbeat.hb-srv"}, senders  # the server's, none of its devices'
+        assert len(senders) <= elapsed / 0.2 + 2
