@@ -185,7 +185,7 @@ class _PrintingMonitor(TrafficMonitor):
         line = Text()
         line.append(stamp + " ", style="dim")
         line.append(f"{kind:<9} ", style=STYLES.get(kind, ""))
-        line.append(f"{message.sender} -> {message.target} ")
+        line.append(f"{message.sender} → {message.target} ")
         line.append(message.name, style="bold")
         if note:
             line.append(f" [{note}]", style="red")

