@@ -314,8 +314,12 @@ async def test_logger_queue_survives_a_logger_restart(stack: Stack, client: ka.S
     connection = await aio_pika.connect(stack.broker, timeout=5)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.declare_queue(logger_queue(stack.domain, logger), passive=True)
-        assert (queue.declaration_result.message_count or 0) >= len(velocities)
+
+        async def kept() -> bool:
+            queue = await channel.declare_queue(logger_queue(stack.domain, logger), passive=True)
+            return (queue.declaration_result.message_count or 0) >= len(velocities)
+
+        await until(kept, 10, "the changes waiting in the logger's queue")
 
     stack.start_logger()
     await client.topology.wait_for(MANAGER, timeout=30)
