@@ -155,6 +155,8 @@ class OutputChannel(_Channel["BoundOutputChannel"]):
         check_choice("transport", transport, TRANSPORTS)
         check_choice("no_shared_ready", no_shared_ready, NO_SHARED_READY)
         check_positive("shared_queue_length", shared_queue_length)
+        if schema is not None:
+            schema_of(schema)  # a bad item schema fails here, not at an input's first lookup
         self.data_schema = schema
         self.pool_slots = check_positive("pool_slots", pool_slots)
         self.slot_size = check_positive("slot_size", slot_size)

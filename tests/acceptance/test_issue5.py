@@ -171,7 +171,19 @@ def recorder(name: str, policy: str = "drop", distribution: str = "copy", queue:
 QueueRecorder = recorder("QueueRecorder", "queue_drop", queue=2)
 WaitRecorder = recorder("WaitRecorder", "wait")
 SharedRecorder = recorder("SharedRecorder", "wait", "shared")
+
+
+class FrameData(ka.Node):
+    gain: float = Property(1.0, description="detector gain")
+    frame_id: int = Property(0)
+
+
+class DeclaredCamera(Device):
+    output = OutputChannel(schema=FrameData)  # "schema of what it sends may be declared"
+
+
 CLASSES: list[type[Device]] = [
+    DeclaredCamera,
     Camera,
     Processor,
     RunCamera,
@@ -289,6 +301,31 @@ async def test_missing_connections_then_connected_by_itself_and_after_a_restart(
         assert rec.input.connected == []
         with pytest.raises(ka.ReconfigurationError, match="instanceId:channelName"):
             await ka.set_wait(proc, {"input.connected_output_channels": ["no-colon"]})
+
+
+async def test_declared_item_schema_and_explicit_train_stamped_timestamps(world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "DeclaredCamera", "camera-2")
+    info = await ka.execute("camera-2", "get_output_channel_info", "output")
+    assert info["channel_id"] == "camera-2:output" and "frame_id" in str(info["schema"])
+    await ka.instantiate("srv-5", "RunCamera", "camera-1")
+    await ka.instantiate(
+        "srv-5", "WaitRecorder", "rec-1", {"input.connected_output_channels": ["camera-1:output"]}
+    )
+    cam, rec = dev(world, "camera-1"), dev(world, "rec-1")
+    assert await rec.input.wait_connected("camera-1:output")
+    stamp = ka.Timestamp.now().with_train_id(4711)
+    await cam.output.write(Hash(image=np.full(4, 0, np.uint32), frame_id=7), timestamp=stamp)
+    await until(lambda: len(rec.metas) == 1, "the stamped item")
+    meta = rec.metas[0]
+    assert (meta.source, meta.timestamp, meta.train_id) == ("camera-1:output", stamp, 4711)
+
+
+def test_a_bad_item_schema_is_refused_at_declaration() -> None:
+    class Bad(ka.Node):
+        image: Any = Property()
+
+    with pytest.raises(ka.SchemaError, match="image"):
+        OutputChannel(schema=Bad)
 
 
 # --- distribution and slowness, through device configuration and proxies ------------------------------
@@ -713,9 +750,9 @@ async def test_other_process_shm_and_tcp_and_a_sender_killed_while_data_is_held(
 
 @pytest.mark.rabbitmq
 async def test_a_receiver_killed_before_releasing_gives_its_slots_back(
-    cluster: tuple[ka.DeviceServer, ServerProcess, Path],
+    cluster: tuple[ka.DeviceServer, ServerProcess, Path], owners: Callable[[str], Owner]
 ) -> None:
-    srv, other, _ = cluster
+    srv, other, shm = cluster
     await ka.instantiate("srv-5", "RunCamera", "camera-1", {"elements": BIG})
     cam = dev(srv, "camera-1")
     # The suite's Processor sleeps handler_delay seconds in its handler, holding the item's slot.
@@ -731,6 +768,13 @@ async def test_a_receiver_killed_before_releasing_gives_its_slots_back(
     await until(lambda: cam.output.stats["pool"]["used"] == 0, "slots back after the receiver died")
     assert cam.output.inputs == []
     await ka.execute("camera-1", "send", 1)  # the output goes on
+    # A device server runs the monitor's cleanup for its session when it starts.
+    crashed = owners(os.environ["KARABO_SESSION"])
+    crashed.kill()
+    assert files_of(shm, crashed.pid)
+    await other.start()
+    assert files_of(shm, crashed.pid) == []
+    assert files_of(shm, os.getpid())  # a live owner (this process's camera pool) is left alone
 
 
 # --- the shared-memory monitor: karabo-async shm monitor [--cleanup] [--timeout MS] [--self-destruct] [--list]
