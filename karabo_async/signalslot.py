@@ -290,6 +290,12 @@ class SignalSlotable:
             if self._own_hub:
                 await self.hub.stop()
             return
+        # Replies and signals already on their way go out first (e.g. the reply of the slot that
+        # asked this instance to stop); bounded, so a stuck send cannot hold the shutdown.
+        current = asyncio.current_task()
+        sending = [t for t in self._tasks if t is not current and not t.done()]
+        if sending:
+            await asyncio.wait(sending, timeout=1.0)
         self._online = False
         with_errors = BrokerUnavailable(f"instance {self.instance_id!r} stopped")
         self._fail_pending(with_errors)

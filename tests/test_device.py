@@ -251,3 +251,11 @@ async def test_changes_made_by_a_slot_arrive_before_its_reply(url: str, domain: 
             assert got[-1]["position"] == 12.0  # delivered before the reply resolved the request
     finally:
         await motor.stop_device()
+
+
+async def test_reply_of_the_slot_that_stops_its_device_is_delivered(url: str, domain: str) -> None:
+    motor = await started(url, domain)
+    async with SignalSlotable("client", broker=url, domain=domain) as client:
+        assert await client.request("motor-1", "shutdown", timeout=5) is None  # the reply still arrives
+        await client.topology.wait_for("motor-1", timeout=10, gone=True)
+    assert not motor.online
