@@ -84,7 +84,9 @@ def register(subparsers: Any) -> None:
     show = actions.add_parser("show", help="show a saved configuration")
     show.add_argument("name")
     show.add_argument("device")
-    show.add_argument("--diff-now", action="store_true", help="show only what differs from now")
+    diff = show.add_mutually_exclusive_group()
+    diff.add_argument("--diff-now", action="store_true", help="show only what differs from now")
+    diff.add_argument("--diff", metavar="OTHER", default=None, help="show only what differs from OTHER saved")
     show.set_defaults(run=run_config_show)
     apply = actions.add_parser("apply", help="apply a saved configuration")
     apply.add_argument("name")
@@ -315,6 +317,13 @@ async def run_config_show(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         saved = await api.get_saved_configuration(args.name, args.device)
         live = await client.request(args.device, "get_configuration") if args.diff_now else None
+        other = None if args.diff is None else await api.get_saved_configuration(args.diff, args.device)
+    if other is not None:
+        if not args.json:
+            print(_header(saved))
+            print(_header(other))
+        print_diff(saved.config, other.config, saved.name, other.name, args.json)
+        return 0
     if isinstance(live, Hash):
         if not args.json:
             print(_header(saved))

@@ -470,6 +470,10 @@ async def test_config_command_line(stack: Stack, client: ka.SignalSlotable) -> N
     await ka.set_wait("motor-2", velocity=8.0)
     diff = stack.cli("config", "show", "cli-saved", "motor-2", "--diff-now").stdout
     assert "velocity" in diff and "8.0" in diff and "serial_number" not in diff
+    await ka.save_configuration("cli-fast", ["motor-2"], "velocity 8")
+    two = stack.cli("config", "show", "cli-saved", "motor-2", "--diff", "cli-fast").stdout
+    velocity = next(line for line in two.splitlines() if line.startswith("velocity"))
+    assert "4.5" in velocity and "8.0" in velocity and "serial_number" not in two
     applied = stack.cli("config", "apply", "cli-saved")
     assert "velocity" in applied.stdout
     assert (await ka.get_configuration("motor-2"))["velocity"] == 4.5
