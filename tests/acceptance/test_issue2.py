@@ -400,6 +400,12 @@ def test_codec_decode_error_says_what_was_wrong(data: bytes, words: str) -> None
     assert words in str(info.value).lower()
 
 
+@pytest.mark.parametrize("thing", ["text", None, 12, [b"\x90"]])
+def test_codec_decode_of_a_non_buffer_is_a_decode_error(thing: Any) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(thing)
+
+
 # ==================================================================================================
 # SignalSlotable: the issue's example, on both backends
 # ==================================================================================================
@@ -464,6 +470,34 @@ async def test_the_issue_example(broker: str, domain: str) -> None:
         assert "bob" in alice.topology and "alice" in alice.topology
         assert alice.topology["bob"]["type"] == "client"
         assert dict(alice.topology)["bob"]["pid"] == os.getpid()
+
+
+async def test_variations_positional_arguments_self_requests_and_early_connections(
+    broker: str, domain: str
+) -> None:
+    async with SignalSlotable("alice", broker, domain, 5.0) as alice:  # positional, as the signature reads
+        got: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+        @alice.slot
+        def on_changed(*args: Any) -> None:
+            got.put_nowait(args)
+
+        @alice.slot
+        async def double(x: int) -> int:
+            return 2 * x
+
+        assert await alice.request("alice", "double", 21, timeout=5) == 42  # an instance may call itself
+        with pytest.raises(NoSuchSlot):
+            await alice.request_no_wait("alice", "double", 1, reply_slot="no_such_reply_slot")
+        # connecting to a signal of an instance that does not exist yet works once it comes
+        await alice.connect("bob", "changed", "on_changed")
+        async with SignalSlotable("bob", broker, domain) as bob:
+            await bob.emit("changed")
+            await bob.emit("changed", 1, "two", [3])
+            assert await asyncio.wait_for(got.get(), 5) == ()
+            assert await asyncio.wait_for(got.get(), 5) == (1, "two", [3])
+            assert dict(alice.topology).keys() >= {"alice", "bob"}
+            assert alice.topology == dict(alice.topology)
 
 
 async def test_slot_decorator_forms(broker: str, domain: str) -> None:
@@ -867,7 +901,7 @@ async def test_heartbeats_on_their_exchange_at_the_configured_interval(broker_ur
 async def test_processes_find_each_other_and_sigkill_is_noticed_within_three_intervals(
     broker_url: str, domain: str, spawn: Callable[..., Any]
 ) -> None:
-    interval = 0.5
+    interval = 1.0
     async with SignalSlotable("watcher", broker=broker_url, domain=domain, heartbeat_interval=interval) as me:
         proc = await spawn("victim", broker_url, domain, interval)
         await me.topology.wait_for("victim", timeout=10)
@@ -1068,15 +1102,16 @@ async def test_broker_restart_needs_no_process_restart(private_broker: Any, doma
 @pytest.mark.rabbitmq
 async def test_instance_queues_are_bounded_and_configurable(private_broker: Any, domain: str) -> None:
     url = private_broker.url
-    async with SignalSlotable("bob", broker=url, domain=domain, queue_max_length=77, queue_ttl=9):
+    async with (
+        SignalSlotable("bob", broker=url, domain=domain, queue_max_length=77, queue_ttl=9),
+        SignalSlotable("carol", broker=url, domain=domain),
+    ):
         out = await asyncio.to_thread(private_broker.ctl, "list_queues", "name", "arguments")
-    line = next(row for row in out.splitlines() if row.startswith(f"{domain}.instance.bob"))
-    assert "x-max-length" in line and "77" in line
-    assert "x-message-ttl" in line and "9000" in line
-    async with SignalSlotable("carol", broker=url, domain=domain):
-        out = await asyncio.to_thread(private_broker.ctl, "list_queues", "name", "arguments")
-    line = next(row for row in out.splitlines() if row.startswith(f"{domain}.instance.carol"))
-    assert "x-max-length" in line and "x-message-ttl" in line
+    bob = next(row for row in out.splitlines() if row.startswith(f"{domain}.instance.bob"))
+    assert "x-max-length" in bob and "77" in bob
+    assert "x-message-ttl" in bob and "9000" in bob
+    carol = next(row for row in out.splitlines() if row.startswith(f"{domain}.instance.carol"))
+    assert "x-max-length" in carol and "x-message-ttl" in carol  # bounded by default too
 
 
 # ==================================================================================================
