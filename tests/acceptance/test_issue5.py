@@ -1089,3 +1089,42 @@ async def test_malformed_frames_from_an_output_close_that_connection_only() -> N
             await inp.close()
             server.close()
             await server.wait_closed()
+
+
+# --- bad input and the end of a device's life ----------------------------------------------------------
+
+
+def test_bad_declarations_name_the_setting() -> None:
+    with pytest.raises(ka.PipelineError, match="data_distribution"):
+        InputChannel(data_distribution="broadcast")  # type: ignore[arg-type]
+    with pytest.raises(ka.PipelineError, match="on_slowness"):
+        InputChannel(on_slowness="queue")  # type: ignore[arg-type]
+    with pytest.raises(ka.PipelineError, match="max_queue_length"):
+        InputChannel(max_queue_length=0)
+    with pytest.raises(ka.PipelineError, match="no_shared_ready"):
+        OutputChannel(no_shared_ready="queue_drop")  # type: ignore[arg-type]
+    with pytest.raises(ka.PipelineError, match="transport"):
+        OutputChannel(transport="udp")  # type: ignore[arg-type]
+
+
+async def test_bad_configuration_at_instantiate_names_what_was_wrong(world: ka.DeviceServer) -> None:
+    with pytest.raises(ka.KaraboError, match="instanceId:channelName"):
+        await ka.instantiate("srv-5", "Recorder", "rec-1", {"input.connected_output_channels": ["camera-1"]})
+    with pytest.raises(ka.KaraboError, match="on_slowness"):
+        await ka.instantiate("srv-5", "Recorder", "rec-2", {"input.on_slowness": "sometimes"})
+    with pytest.raises(ka.KaraboError, match="no_shared_ready"):
+        await ka.instantiate("srv-5", "RunCamera", "camera-1", {"output.no_shared_ready": "never"})
+    assert set(world.devices) == set()
+
+
+async def test_end_of_stream_without_await_then_shutdown_still_reaches_the_input(
+    world: ka.DeviceServer,
+) -> None:
+    cam = await camera_and(world, ("WaitRecorder", "rec-1", {}))
+    rec = dev(world, "rec-1")
+    await ka.execute("camera-1", "send", 2)
+    cam.output.write_end_of_stream()
+    await ka.shutdown("camera-1")
+    await until(lambda: rec.events == [0, 1, "EOS"], "the items and the end of stream before the close")
+    async with ka.connect_device("rec-1") as proxy:
+        await ka.wait_until(lambda: proxy.input.missing_connections == ["camera-1:output"], timeout=10)
