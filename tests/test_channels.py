@@ -353,6 +353,7 @@ async def test_camera_to_processors_to_sink_across_processes(
     assert await get(client, "sink-1", "bad_frames") == 0
     assert await get(client, "sink-1", "eos_count") == 1  # once, after both outputs ended
     await until(prop_is(client, "proc-shm", "input.processed", 30), "counters published")
+    await until(prop_is(client, "cam-1", "output.items_written", 30), "camera counters published")
     config = await client.request("cam-1", "get_configuration")
     assert config["output.items_written"] == 30 and config["output.dropped"] == 0
     assert config["output.connected_inputs"] == ["proc-shm:input", "proc-tcp:input"]
