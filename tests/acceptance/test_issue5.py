@@ -1128,3 +1128,20 @@ async def test_end_of_stream_without_await_then_shutdown_still_reaches_the_input
     await until(lambda: rec.events == [0, 1, "EOS"], "the items and the end of stream before the close")
     async with ka.connect_device("rec-1") as proxy:
         await ka.wait_until(lambda: proxy.input.missing_connections == ["camera-1:output"], timeout=10)
+
+
+async def test_shared_memory_threshold_is_64_kib(shm_world: ka.DeviceServer) -> None:
+    await ka.instantiate("srv-5", "RunCamera", "small", {"elements": 16 * 1024 - 1})  # 64 KiB - 4 bytes
+    await ka.instantiate("srv-5", "RunCamera", "exact", {"elements": 16 * 1024})  # 64 KiB
+    for name in ("small", "exact"):
+        await ka.instantiate(
+            "srv-5", "WaitRecorder", f"rec-{name}",
+            {"input.connected_output_channels": [f"{name}:output"], "input.transport": "shm"},
+        )  # fmt: skip
+        assert await dev(shm_world, f"rec-{name}").input.wait_connected(f"{name}:output")
+        await ka.execute(name, "send", 1)
+    await until(
+        lambda: dev(shm_world, "rec-small").frames == [0] == dev(shm_world, "rec-exact").frames, "items"
+    )
+    assert dev(shm_world, "rec-small").writable == [True]  # below the threshold: over the socket
+    assert dev(shm_world, "rec-exact").writable == [False]  # at least 64 KiB: a view of shared memory
