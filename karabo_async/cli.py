@@ -27,8 +27,8 @@ from .logs import configure as configure_logging
 log = structlog.get_logger(__name__)
 
 # Commands whose framework log lines are what the user came for; the others log errors only (their
-# own one-line error says what went wrong).
-CHATTY_COMMANDS = frozenset({"server", "macro", "demo"})
+# own one-line error says what went wrong; `macro run` streams the macro's own log on stdout).
+CHATTY_COMMANDS = frozenset({"server", "demo"})
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
+import structlog
 from rich.table import Table
 
-from ..errors import CommandLineError, ConfigurationError, MacroError
+from ..errors import BrokerUnavailable, CommandLineError, ConfigurationError, MacroError
+from ..hub import Hub
 from ..macro import Macro, load_macro_file, pick_macro, real_stdout, run_macro
-from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, console, parse_assignments, print_json, short
+from .common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    console,
+    parse_assignments,
+    print_json,
+    request_timeout,
+    short,
+)
+
+log = structlog.get_logger(__name__)
 
 EXIT_CODES = {"finished": EXIT_OK, "failed": EXIT_ERROR, "cancelled": EXIT_INTERRUPTED}
 
@@ -27,6 +41,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = macro_sub.add_parser("list", help="the macros of files or folders, with their parameters")
     p.add_argument("paths", nargs="*", default=["macros"], metavar="FILE|DIR")
     p.set_defaults(run=list_)
+
+
+BROKER_GRACE = 10.0
+"""Seconds a run survives without its broker link (``--timeout`` overrides): the transport reconnects
+by itself, so a blip is harmless, but a command must not hang on a broker that stays away."""
+
+
+class _LinkGuard:
+    """Cancels a command's run when the broker link stays down longer than ``grace`` seconds."""
+
+    def __init__(self, task: asyncio.Task[Macro], grace: float) -> None:
+        self.task = task
+        self.grace = grace
+        self.gave_up = False
+        self.reason = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.reason = str(exc) if exc else "connection closed"
+        if self._timer is None and not self.task.done():
+            self._timer = asyncio.get_running_loop().call_later(self.grace, self._give_up)
+
+    def connection_restored(self) -> None:
+        self.close()
+
+    def queue_lost(self, queue: str, exc: BaseException) -> None:
+        """The macro's own instance reports a lost queue; nothing to add here."""
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _give_up(self) -> None:
+        self._timer = None
+        if not self.task.done():
+            log.warning("broker link still down; cancelling the macro run", grace=self.grace)
+            self.gave_up = True
+            self.task.cancel()
 
 
 def split_words(words: list[str]) -> tuple[str | None, dict[str, object]]:
@@ -50,11 +103,37 @@ async def run(args: argparse.Namespace) -> int:
         out.write(text)
         out.flush()
 
+    device_id = cls.new_id()
+    hub = Hub(device_id, broker=args.broker, domain=args.domain)
     try:
-        macro = await run_macro(cls, params, broker=args.broker, domain=args.domain, on_output=echo)
+        cls(dict(params), device_id=device_id, hub=hub)  # bad parameters: refused before connecting
+        await hub.start()
+        task = asyncio.get_running_loop().create_task(
+            run_macro(cls, params, hub=hub, device_id=device_id, on_output=echo)
+        )
+        guard = _LinkGuard(task, request_timeout(args, BROKER_GRACE))
+        hub.transport.add_listener(guard)
+        try:
+            macro = await task
+            if macro.outcome == "failed" and guard.reason:  # it failed because its broker link broke
+                raise BrokerUnavailable(
+                    f"connection to the broker lost while {cls.__name__} ran ({guard.reason}): {macro.status}"
+                )
+        except (asyncio.CancelledError, BrokerUnavailable):
+            if guard.gave_up:  # cancelled by the guard (stopping then may fail as well): say why
+                raise BrokerUnavailable(
+                    f"connection to the broker lost while {cls.__name__} ran ({guard.reason}); "
+                    f"the run was cancelled after {guard.grace:g} s without it"
+                ) from None
+            raise
+        finally:
+            guard.close()
+            hub.transport.remove_listener(guard)
     except ConfigurationError as exc:
         reasons = "; ".join(f"{key}: {reason}" for key, reason in exc.errors)
         raise CommandLineError(f"invalid parameters for {cls.__name__}: {reasons}") from None
+    finally:
+        await hub.stop()
     if args.json:
         print_json({"id": macro.device_id, "outcome": macro.outcome, "status": macro.status})
     else:

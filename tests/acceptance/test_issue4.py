@@ -308,13 +308,13 @@ async def test_lock_refuses_others_and_ends_with_its_holder(sim: tuple[str, str]
     broker, domain = sim
     async with ka.connect(broker, domain) as me:
         await ka.instantiate("sim", "Gauge", "g2")
-        async with ka.SignalSlotable("other-client", broker=broker, domain=domain) as other:
-            async with ka.connect_device("g2") as g2, ka.lock(g2):
-                await set_wait(g2, gain=2.0)  # the holder may
-                with pytest.raises(ka.DeviceLocked, match=f"locked by '{me.instance_id}'"):
-                    await other.request("g2", "set", {"gain": 3.0})
-                with pytest.raises(ka.DeviceLocked, match="locked by"):
-                    await other.request("g2", "read", 1.0)
+        other_client = ka.SignalSlotable("other-client", broker=broker, domain=domain)
+        async with other_client as other, ka.connect_device("g2") as g2, ka.lock(g2):
+            await set_wait(g2, gain=2.0)  # the holder may
+            with pytest.raises(ka.DeviceLocked, match=f"locked by '{me.instance_id}'"):
+                await other.request("g2", "set", {"gain": 3.0})
+            with pytest.raises(ka.DeviceLocked, match="locked by"):
+                await other.request("g2", "read", 1.0)
         # the lock ended with the block; a holder that goes away without unlocking releases it too
         await ka.set_wait("g2", gain=3.0)
         holder = await ka.connect(broker, domain, instance_id="holder-client")  # now the current instance
@@ -345,12 +345,14 @@ async def test_functions_act_for_the_running_device(sim: tuple[str, str]) -> Non
             self.seen = await ka.execute("g3", "whoami")
             return self.seen
 
-    async with DeviceServer("srv-caller", classes=[Caller], broker=broker, domain=domain, entry_points=False):
-        async with ka.connect(broker, domain) as client:
-            await ka.instantiate("sim", "Gauge", "g3")
-            assert await ka.execute("g3", "whoami") == client.instance_id
-            await ka.instantiate("srv-caller", "Caller", "caller")
-            assert await ka.execute("caller", "ask") == "caller"  # the device itself is the caller
+    caller_server = DeviceServer(
+        "srv-caller", classes=[Caller], broker=broker, domain=domain, entry_points=False
+    )
+    async with caller_server, ka.connect(broker, domain) as client:
+        await ka.instantiate("sim", "Gauge", "g3")
+        assert await ka.execute("g3", "whoami") == client.instance_id
+        await ka.instantiate("srv-caller", "Caller", "caller")
+        assert await ka.execute("caller", "ask") == "caller"  # the device itself is the caller
 
 
 # --- proxies ------------------------------------------------------------------------------------
@@ -485,20 +487,18 @@ async def test_connect_device_misses_no_change_and_wait_until_new_wakes_on_the_f
 async def test_proxies_go_stale_and_recover_when_the_broker_link_comes_back(
     broker_url: str, domain: str, tcp_proxy: TcpProxy
 ) -> None:
-    async with DeviceServer(
-        "srv-stale", classes=[Gauge], broker=broker_url, domain=domain, entry_points=False
-    ):
-        async with ka.connect(tcp_proxy.url(broker_url), domain, heartbeat_interval=0.5):
-            await ka.instantiate("srv-stale", "Gauge", "g7")
-            async with connect_device("g7") as g:
-                assert not g.stale and not g.gain.stale
-                await tcp_proxy.cut()
-                await wait_until(lambda: g.stale, timeout=10)
-                assert g.gain.stale
-                tcp_proxy.restore()
-                await wait_until(lambda: not g.stale, timeout=30)
-                await set_wait(g, gain=9.0)
-                assert g.gain == 9.0 and not g.gain.stale
+    server = DeviceServer("srv-stale", classes=[Gauge], broker=broker_url, domain=domain, entry_points=False)
+    async with server, ka.connect(tcp_proxy.url(broker_url), domain, heartbeat_interval=0.5):
+        await ka.instantiate("srv-stale", "Gauge", "g7")
+        async with connect_device("g7") as g:
+            assert not g.stale and not g.gain.stale
+            await tcp_proxy.cut()
+            await wait_until(lambda: g.stale, timeout=10)
+            assert g.gain.stale
+            tcp_proxy.restore()
+            await wait_until(lambda: not g.stale, timeout=30)
+            await set_wait(g, gain=9.0)
+            assert g.gain == 9.0 and not g.gain.stale
 
 
 # --- macros -----------------------------------------------------------------------------------------
@@ -947,3 +947,27 @@ async def test_server_context_with_plugin_folders(server_context: Any) -> None:
 def test_docs_testing_page_has_an_example() -> None:
     text = (REPO / "docs" / "testing.md").read_text()
     assert "device_context" in text and "```python" in text and "wait_for_value" in text
+
+
+@pytest.mark.rabbitmq
+async def test_cli_macro_run_when_the_broker_is_lost_mid_command(
+    rabbit_motor: dict[str, str], tcp_proxy: TcpProxy
+) -> None:
+    env = rabbit_motor
+    broker, domain = env["KARABO_BROKER"], env["KARABO_DOMAIN"]
+    async with ka.connect(broker, domain):
+        await ka.set_wait("motor-1", velocity=0.5)
+        async with connect_device("motor-1") as motor:
+            proc = await asyncio.create_subprocess_exec(
+                str(REPO / ".venv" / "bin" / "karabo-async"), "macro", "run", "macros/scan.py",
+                "steps=1", "stop=20", "--broker", tcp_proxy.url(broker), "--timeout", "3",
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+            )  # fmt: skip
+            await wait_until(lambda: motor.state == State.MOVING and motor.target_position == 20.0, timeout=30)
+            await tcp_proxy.cut()
+            async with asyncio.timeout(40):
+                out, err = await proc.communicate()
+            await motor.stop()
+    result = subprocess.CompletedProcess([], proc.returncode or 0, out.decode(), err.decode())
+    assert result.returncode != 0, result.stdout
+    assert "broker" in one_line_error(result)
