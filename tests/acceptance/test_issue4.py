@@ -876,13 +876,15 @@ def test_cli_shell_has_the_client_api_top_level_await_and_completion(rabbit_moto
         "\n"
         "with provisionalcompleter(): attrs = [c.text for c in ip.Completer.completions('motor.velo', 10)]\n"
         "\n"
-        'print("IDS", ids, "ATTRS", attrs)\n'
+        "with provisionalcompleter(): slots = [c.text for c in ip.Completer.completions('motor.mo', 8)]\n"
+        "\n"
+        'print("IDS", ids, "ATTRS", attrs, "SLOTS", slots)\n'
     )
     result = karabo(rabbit_motor, "shell", stdin=script)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "VELOCITY 2.5 ['motor-1']" in result.stdout, result.stdout
     ids_line = next(line for line in result.stdout.splitlines() if "IDS" in line)
-    assert "motor-1" in ids_line and "motor.velocity" in ids_line
+    assert "motor-1" in ids_line and "motor.velocity" in ids_line and "motor.move" in ids_line
 
 
 @pytest.mark.rabbitmq
@@ -963,7 +965,9 @@ async def test_cli_macro_run_when_the_broker_is_lost_mid_command(
                 "steps=1", "stop=20", "--broker", tcp_proxy.url(broker), "--timeout", "3",
                 env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
             )  # fmt: skip
-            await wait_until(lambda: motor.state == State.MOVING and motor.target_position == 20.0, timeout=30)
+            await wait_until(
+                lambda: motor.state == State.MOVING and motor.target_position == 20.0, timeout=30
+            )
             await tcp_proxy.cut()
             async with asyncio.timeout(40):
                 out, err = await proc.communicate()
@@ -971,3 +975,72 @@ async def test_cli_macro_run_when_the_broker_is_lost_mid_command(
     result = subprocess.CompletedProcess([], proc.returncode or 0, out.decode(), err.decode())
     assert result.returncode != 0, result.stdout
     assert "broker" in one_line_error(result)
+
+
+class Asker(Macro):
+    """Asks a device who called it."""
+
+    device: str = Property("g-ask")
+    caller: str = Property("", readonly=True)
+
+    async def run(self) -> None:
+        self.caller = await ka.execute(self.device, "whoami")
+
+
+async def test_shipped_macros_health_check_and_snapshot(sim: tuple[str, str], tmp_path: Path) -> None:
+    from karabo_async.macro import load_macro_file, run_macro
+
+    broker, domain = sim
+    health = load_macro_file(REPO / "macros" / "health_check.py")["HealthCheck"]
+    snapshot = load_macro_file(REPO / "macros" / "config_snapshot.py")["ConfigSnapshot"]
+    async with ka.connect(broker, domain):
+        await ka.instantiate("sim", "Gauge", "g-ok")
+        await ka.instantiate("sim", "Gauge", "g-alarm")
+        await ka.execute("g-alarm", "read", 90.0)
+        await ka.instantiate("sim", "SimulatedMotor", "m-err", {"velocity": 10.0, "high_limit": 0.5})
+        async with connect_device("m-err") as motor:
+            await set_wait(motor, target_position=1.0)
+            await motor.move()
+            await wait_until(lambda: motor.state == State.ERROR, timeout=10)
+        checked = await run_macro(health, broker=broker, domain=domain)
+        assert checked.outcome == "finished", checked.output
+        problems = "\n".join(checked.problems)
+        assert "g-alarm" in problems and "m-err" in problems and "g-ok" not in problems
+
+        path = tmp_path / "snap.json"
+        saved = await run_macro(
+            snapshot, {"devices": ["g-ok", "m-err"], "path": str(path)}, broker=broker, domain=domain
+        )
+        assert saved.outcome == "finished", saved.output
+        written = json.loads(path.read_text())["devices"]
+        assert set(written) == {"g-ok", "m-err"} and written["m-err"]["high_limit"] == 0.5
+
+        # inside run(), the module-level functions act for the macro
+        await ka.instantiate("sim", "Gauge", "g-ask")
+        asked = await run_macro(Asker, broker=broker, domain=domain, device_id="asker-1")
+        assert asked.caller == "asker-1"
+
+
+@pytest.mark.rabbitmq
+async def test_macro_server_in_a_server_process_runs_the_scan_example(
+    rabbit_motor: dict[str, str], tmp_path: Path
+) -> None:
+    broker, domain = rabbit_motor["KARABO_BROKER"], rabbit_motor["KARABO_DOMAIN"]
+    folder = tmp_path / "macros"
+    folder.mkdir()
+    (folder / "scan.py").write_text(SCAN_EXAMPLE)
+    async with ka.connect(broker, domain):
+        assert "MacroServer" in await ka.get_classes("sim")  # every server offers it
+        await ka.instantiate("sim", "MacroServer", "macroserver", {"macro_dirs": [str(folder)]})
+        try:
+            async with connect_device("macroserver") as ms:
+                assert ms.macros == ["Scan"]
+                schema = (await ms.list_macros())["Scan"]["schema"]["properties"]
+                assert schema["steps"]["default"] == 5
+                run_id = await ms.run_macro("Scan", {"steps": 3, "stop": 1.5})
+                await wait_until(lambda: run_id not in ms.running, timeout=20)
+                report = await ms.get_run(run_id)
+                assert report["outcome"] == "finished", report
+                assert step_positions(report["output"]) == [0.0, 0.5, 1.0, 1.5]
+        finally:
+            await ka.shutdown("macroserver")
