@@ -192,6 +192,16 @@ class DeviceLink:
         self.stale = False
         notify_change()
 
+    async def revive(self) -> None:
+        """Asked for again while its device is gone: fetch now, so that a caller gets a live proxy or
+        NoSuchInstance, never the dead one (a background refresh may not have run yet)."""
+        if self._refresh_task is not None and not self._refresh_task.done():
+            self._refresh_task.cancel()
+        try:
+            await self.refresh()
+        except (RequestTimeout, DeviceGone) as exc:
+            raise NoSuchInstance(self.device_id) from exc
+
     def schedule_refresh(self, *, persist: bool) -> None:
         """Fetch again in the background; with ``persist`` keep trying while the device may come back
         (after a broker restart the device may reconnect later than we do)."""
@@ -618,14 +628,17 @@ class ProxyManager:
             self.instance.hub.transport.remove_listener(self)
 
     async def link(self, device_id: str) -> DeviceLink:
-        """The subscribed link of ``device_id``; NoSuchInstance if there is no such instance."""
+        """The subscribed link of ``device_id``; NoSuchInstance if there is no such instance (also when
+        this instance still holds a proxy of it from before it died)."""
         existing = self.links.get(device_id)
-        if existing is not None and existing.subscribed:
+        if existing is not None and existing.subscribed and existing.alive:
             return existing
         lock = self._locks.setdefault(device_id, asyncio.Lock())
         async with lock:
             existing = self.links.get(device_id)
             if existing is not None and existing.subscribed:
+                if not existing.alive:
+                    await existing.revive()
                 return existing
             self._attach()
             link = DeviceLink(self, device_id)

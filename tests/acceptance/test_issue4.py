@@ -437,8 +437,15 @@ async def test_device_death_and_return_with_a_new_schema(sim: tuple[str, str]) -
                 await set_wait(proxy, gain=1.0)
             with pytest.raises(ka.DeviceGone):
                 proxy.gain = 2.0
+            # asked for again while it is gone: no dead proxy handed out
+            with pytest.raises(ka.NoSuchInstance):
+                await ka.connect_device("dev-x")
+            with pytest.raises(ka.NoSuchInstance):
+                await ka.get_device("dev-x", timeout=0.2)
             # a device of that id comes back, of another class: the proxy follows by itself
+            again = asyncio.ensure_future(ka.get_device("dev-x", timeout=10))
             await ka.instantiate("sim", "SimulatedMotor", "dev-x", {"velocity": 5.0})
+            assert (await again).velocity == 5.0
             await wait_until(lambda: proxy.alive, timeout=10)
             assert proxy.velocity == 5.0 and "move" in dir(proxy) and "gain" not in dir(proxy)
             assert proxy.state == State.ON
@@ -1044,3 +1051,32 @@ async def test_macro_server_in_a_server_process_runs_the_scan_example(
                 assert step_positions(report["output"]) == [0.0, 0.5, 1.0, 1.5]
         finally:
             await ka.shutdown("macroserver")
+
+
+@pytest.mark.rabbitmq
+async def test_proxy_of_a_killed_device_process_says_so_and_reconnects_when_it_is_back(
+    broker_url: str, domain: str, tmp_path: Path
+) -> None:
+    env = cli_env(broker_url, domain)
+    first = await asyncio.to_thread(start_server, env, "srv-a", tmp_path / "a.log")
+    second: subprocess.Popen[str] | None = None
+    try:
+        async with ka.connect(broker_url, domain, heartbeat_interval=0.5):
+            await ka.instantiate("srv-a", "TemperatureSensor", "dev-k")
+            async with connect_device("dev-k") as proxy:
+                assert proxy.alive and "temperature" in dir(proxy)
+                first.send_signal(signal.SIGKILL)  # no goodbye: missing heartbeats tell
+                await wait_until(lambda: not proxy.alive, timeout=20)
+                assert proxy.state == State.UNKNOWN
+                with pytest.raises(ka.DeviceGone):
+                    await set_wait(proxy, noise=0.1)
+                second = await asyncio.to_thread(start_server, env, "srv-b", tmp_path / "b.log")
+                waiting = asyncio.ensure_future(ka.get_device("dev-k", timeout=20))
+                await ka.instantiate("srv-b", "SimulatedMotor", "dev-k", {"velocity": 3.0})
+                assert (await waiting).velocity == 3.0
+                await wait_until(lambda: proxy.alive, timeout=20)  # the same proxy, new schema
+                assert proxy.velocity == 3.0 and "move" in dir(proxy) and proxy.state == State.ON
+    finally:
+        stop_process(first)
+        if second is not None:
+            stop_process(second)
