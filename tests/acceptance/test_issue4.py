@@ -1080,3 +1080,28 @@ async def test_proxy_of_a_killed_device_process_says_so_and_reconnects_when_it_i
         stop_process(first)
         if second is not None:
             stop_process(second)
+
+
+async def test_cli_macro_run_ctrl_c_cancels_the_run_and_its_finally_runs(tmp_path: Path) -> None:
+    path = tmp_path / "waiting.py"
+    path.write_text(
+        "import asyncio\nfrom karabo_async import Macro\n\n"
+        "class Waiting(Macro):\n"
+        "    async def run(self) -> None:\n"
+        "        print('started', flush=True)\n"
+        "        try:\n            await asyncio.sleep(60)\n"
+        "        finally:\n            print('cleaned up')\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(REPO / ".venv" / "bin" / "karabo-async"), "macro", "run", str(path), "--broker", memory(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        assert b"started" in await proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert b"cleaned up" in out
+    assert b"Traceback" not in err
