@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import json
 import os
 import signal
@@ -39,9 +40,19 @@ from karabo_async import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "devices"))
 
-from motor import SimulatedMotor  # noqa: E402  (devices/ is a plugin folder, not a package)
+
+def _load_plugin(name: str) -> Any:
+    """A module of devices/ (a plugin folder, not a package), loaded by path."""
+    spec = importlib.util.spec_from_file_location(f"acc4_devices_{name}", REPO / "devices" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SimulatedMotor = _load_plugin("motor").SimulatedMotor
 
 # --- helpers --------------------------------------------------------------------------------------
 
