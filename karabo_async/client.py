@@ -364,20 +364,37 @@ async def lock(target: Proxy | str) -> AsyncIterator[Proxy | str]:
 # --- the domain ----------------------------------------------------------------------------------
 
 
-def get_topology() -> dict[str, dict[str, Any]]:
+class TopologyView(dict[str, dict[str, Any]]):
+    """A snapshot ``{instance_id: info}``; also awaitable, so ``await get_topology()`` reads like the
+    other client functions (the data is local: nothing is waited for)."""
+
+    def __await__(self) -> Generator[Any, None, TopologyView]:
+        return self
+        yield  # makes this a generator: awaiting returns at once
+
+
+class IdList(list[str]):
+    """A sorted list of instance ids; also awaitable, like :class:`TopologyView`."""
+
+    def __await__(self) -> Generator[Any, None, IdList]:
+        return self
+        yield
+
+
+def get_topology() -> TopologyView:
     """``{instance_id: info}`` of every live instance (type, class, server, host, status, ...)."""
-    return {iid: dict(info) for iid, info in current_instance().topology.items()}
+    return TopologyView({iid: dict(info) for iid, info in current_instance().topology.items()})
 
 
-def get_servers() -> list[str]:
+def get_servers() -> IdList:
     """Ids of the live device servers."""
-    return sorted(current_instance().topology.of_type("server"))
+    return IdList(sorted(current_instance().topology.of_type("server")))
 
 
-def get_devices(server: str | None = None) -> list[str]:
+def get_devices(server: str | None = None) -> IdList:
     """Ids of the live devices, of one server if given."""
     devices = current_instance().topology.of_type("device")
-    return sorted(d for d, info in devices.items() if server is None or info.get("server") == server)
+    return IdList(sorted(d for d, info in devices.items() if server is None or info.get("server") == server))
 
 
 async def get_classes(server: str) -> list[str]:

@@ -251,3 +251,13 @@ async def test_a_server_in_another_process(
             assert motor.state == State.UNKNOWN
             with pytest.raises(ka.DeviceGone):
                 await motor.move()
+
+
+async def test_topology_functions_work_plain_and_awaited() -> None:
+    import karabo_async as ka
+
+    async with ka.connect(broker=f"memory://{uuid.uuid4().hex}", domain="d"):
+        plain = ka.get_topology()
+        assert plain == await ka.get_topology()
+        assert ka.get_devices() == await ka.get_devices() == []
+        assert await ka.get_servers() == ka.get_servers()

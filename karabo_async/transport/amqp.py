@@ -259,7 +259,9 @@ class AmqpTransport(Transport):
         if self._ack_pending * 2 >= self.prefetch:
             self._flush_acks(delivered.channel)
         elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_acks, delivered.channel)
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                ACK_DELAY, self._flush_acks, delivered.channel
+            )
 
     def _flush_acks(self, channel: aiormq.abc.AbstractChannel) -> None:
         if self._ack_timer is not None:

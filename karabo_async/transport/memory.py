@@ -95,7 +95,9 @@ class MemoryBroker:
         dlx = queue.spec.dead_letter_exchange
         if dlx:
             # as RabbitMQ does, a dead-lettered message loses its expiration so it cannot expire again
-            self.route(dlx, message.routing_key, dataclasses.replace(message, death_reason=reason, deadline=None))
+            self.route(
+                dlx, message.routing_key, dataclasses.replace(message, death_reason=reason, deadline=None)
+            )
 
     def expired(self, queue: _Queue, message: Message, enqueued: float) -> bool:
         ttl = queue.spec.message_ttl
