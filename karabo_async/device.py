@@ -465,7 +465,9 @@ class Device(Configurable):
             raise ReconfigurationError(
                 [(next(iter(validated), ""), "refused by the device (pre_reconfigure)")]
             )
-        self.set_properties(validated)
+        stamp = timestamp_now()
+        for path, value in validated.items():  # validated against the schema above: store as they are
+            self._store(path, value, stamp)
         for component in components:
             await component.reconfigured(dict(validated))
         result = self.on_reconfigure(dict(validated))
