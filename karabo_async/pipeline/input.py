@@ -24,6 +24,7 @@ import structlog
 from ..errors import DecodeError, PipelineError
 from ..hash import Hash
 from . import registry
+from .allocator import tune_for_large_items
 from .framing import Frame, frame_parts, unpack_header
 from .identity import host_id
 from .policies import (
@@ -362,6 +363,7 @@ class InputEndpoint:
         handshake_timeout: float = 5.0,
         reconnect_delay: tuple[float, float] = (0.05, 2.0),
     ) -> None:
+        tune_for_large_items()
         self.channel_id = f"{instance_id}:{name}"
         check_channel_id(self.channel_id)
         self.data_distribution: DataDistribution = check_choice(  # type: ignore[assignment]
