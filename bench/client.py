@@ -92,7 +92,20 @@ class Raw:
         await self.conn_server.close()
 
     async def _publish(self, exchange: Any, key: str, body: Any, **props: Any) -> None:
-        await exchange.publish(aio_pika.Message(msgpack.packb(body), **props), routing_key=key)
+        # The same readable envelope the framework's protocol carries (docs/protocol.md), so both sides
+        # pay for the same information on the wire.
+        target, _, name = key.partition(".")
+        headers = {"kind": "request", "sender": "raw", "target": target, "slot": name, "user": "bench"}
+        message = aio_pika.Message(
+            msgpack.packb(body),
+            headers=headers,
+            content_type="application/msgpack",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            app_id="karabo-async",
+            timestamp=time.time(),
+            **props,
+        )
+        await exchange.publish(message, routing_key=key)
 
     async def _serve(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         slot_name, args = msgpack.unpackb(message.body)
