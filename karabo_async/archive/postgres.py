@@ -23,6 +23,7 @@ from .store import (
     ChangeRow,
     ConfigurationRow,
     PreparedChange,
+    numbered_placeholders,
     redact_url,
 )
 
@@ -204,25 +205,12 @@ class PostgresStore(ArchiveStore):
         async with self._connection() as conn:
             return list(await conn.fetch(query, *args))
 
-    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+    async def _fetchone(self, query: str, *args: Any) -> asyncpg.Record | None:
         async with self._connection() as conn:
             return await conn.fetchrow(query, *args)
 
-    async def _select_device_ids(self) -> list[str]:
-        return [r[0] for r in await self._fetch("SELECT device_id FROM devices")]
-
-    async def _select_device(self, device_id: str) -> tuple[int, int] | None:
-        row = await self._fetchrow("SELECT id, first_t FROM devices WHERE device_id = $1", device_id)
-        return None if row is None else (row[0], row[1])
-
-    async def _select_property(self, device_key: int, path: str) -> int | None:
-        row = await self._fetchrow(
-            "SELECT id FROM properties WHERE device = $1 AND path = $2", device_key, path
-        )
-        return None if row is None else int(row[0])
-
-    async def _select_paths(self, device_key: int) -> list[str]:
-        return [r[0] for r in await self._fetch("SELECT path FROM properties WHERE device = $1", device_key)]
+    def _sql(self, query: str) -> str:
+        return numbered_placeholders(query)
 
     async def _select_points(self, property_key: int, low: int, high: int, limit: int) -> list[StoredPoint]:
         rows = await self._fetch(
@@ -233,15 +221,6 @@ class PostgresStore(ArchiveStore):
             limit,
         )
         return [tuple(r) for r in rows]
-
-    async def _select_last_time(self, property_key: int, low: int, high: int) -> int:
-        row = await self._fetchrow(
-            "SELECT t FROM changes WHERE property = $1 AND t BETWEEN $2 AND $3 ORDER BY t DESC LIMIT 1",
-            property_key,
-            low,
-            high,
-        )
-        return int(row[0]) if row is not None else low
 
     async def _select_reduced(
         self, property_key: int, first: int, last: int, width: int
@@ -277,7 +256,7 @@ class PostgresStore(ArchiveStore):
         return [tuple(r) for r in rows]
 
     async def _select_schema(self, device_key: int, t: int) -> bytes | None:
-        row = await self._fetchrow(
+        row = await self._fetchone(
             "SELECT doc FROM schemas WHERE device = $1 AND t <= $2 ORDER BY t DESC LIMIT 1", device_key, t
         )
         return None if row is None else bytes(row[0])
@@ -313,25 +292,6 @@ class PostgresStore(ArchiveStore):
                         await conn.execute(insert, *row)
                 except asyncpg.UniqueViolationError as exc:
                     raise ConfigurationExists(row[1], row[0]) from exc
-
-    async def _select_configurations(self, device_id: str | None) -> list[tuple[str, str, int, str, str]]:
-        query = "SELECT device_id, name, saved_t, description, user_name FROM configurations"
-        if device_id is None:
-            rows = await self._fetch(query + " ORDER BY saved_t, device_id, name")
-        else:
-            rows = await self._fetch(query + " WHERE device_id = $1 ORDER BY saved_t, name", device_id)
-        return [tuple(r) for r in rows]
-
-    async def _select_configuration(self, name: str, device_id: str) -> ConfigurationRow:
-        row = await self._fetchrow(
-            "SELECT device_id, name, saved_t, description, user_name, config FROM configurations"
-            " WHERE device_id = $1 AND name = $2",
-            device_id,
-            name,
-        )
-        if row is None:
-            raise UnknownConfiguration(name, device_id)
-        return (row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
 
     async def _delete_configuration(self, name: str, device_id: str) -> None:
         async with self._connection() as conn:

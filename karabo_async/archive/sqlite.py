@@ -202,22 +202,6 @@ class SqliteStore(ArchiveStore):
         rows = await self._fetch(query, *args)
         return rows[0] if rows else None
 
-    async def _select_device_ids(self) -> list[str]:
-        return [r[0] for r in await self._fetch("SELECT device_id FROM devices")]
-
-    async def _select_device(self, device_id: str) -> tuple[int, int] | None:
-        row = await self._fetchone("SELECT id, first_t FROM devices WHERE device_id = ?", device_id)
-        return None if row is None else (row[0], row[1])
-
-    async def _select_property(self, device_key: int, path: str) -> int | None:
-        row = await self._fetchone(
-            "SELECT id FROM properties WHERE device = ? AND path = ?", device_key, path
-        )
-        return None if row is None else int(row[0])
-
-    async def _select_paths(self, device_key: int) -> list[str]:
-        return [r[0] for r in await self._fetch("SELECT path FROM properties WHERE device = ?", device_key)]
-
     async def _select_points(self, property_key: int, low: int, high: int, limit: int) -> list[StoredPoint]:
         rows = await self._fetch(
             f"SELECT {_POINT} FROM changes WHERE property = ? AND t BETWEEN ? AND ?"
@@ -228,15 +212,6 @@ class SqliteStore(ArchiveStore):
             limit,
         )
         return [tuple(r) for r in rows]
-
-    async def _select_last_time(self, property_key: int, low: int, high: int) -> int:
-        row = await self._fetchone(
-            "SELECT t FROM changes WHERE property = ? AND t BETWEEN ? AND ? ORDER BY t DESC LIMIT 1",
-            property_key,
-            low,
-            high,
-        )
-        return int(row[0]) if row is not None else low
 
     async def _select_reduced(
         self, property_key: int, first: int, last: int, width: int
@@ -312,25 +287,6 @@ class SqliteStore(ArchiveStore):
                     )
                 except sqlite3.IntegrityError as exc:
                     raise ConfigurationExists(row[1], row[0]) from exc
-
-    async def _select_configurations(self, device_id: str | None) -> list[tuple[str, str, int, str, str]]:
-        query = "SELECT device_id, name, saved_t, description, user_name FROM configurations"
-        if device_id is None:
-            rows = await self._fetch(query + " ORDER BY saved_t, device_id, name")
-        else:
-            rows = await self._fetch(query + " WHERE device_id = ? ORDER BY saved_t, name", device_id)
-        return [tuple(r) for r in rows]
-
-    async def _select_configuration(self, name: str, device_id: str) -> ConfigurationRow:
-        row = await self._fetchone(
-            "SELECT device_id, name, saved_t, description, user_name, config FROM configurations"
-            " WHERE device_id = ? AND name = ?",
-            device_id,
-            name,
-        )
-        if row is None:
-            raise UnknownConfiguration(name, device_id)
-        return (row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
 
     async def _delete_configuration(self, name: str, device_id: str) -> None:
         async with self._connection() as db:

@@ -8,6 +8,7 @@ connection handling. :func:`open_store` picks the backend from the URL.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ..errors import (
     ArchiveValueError,
     BeforeDeviceExisted,
     InvalidTimeRange,
+    UnknownConfiguration,
     UnknownDevice,
     UnknownProperty,
 )
@@ -375,7 +377,76 @@ class ArchiveStore(abc.ABC):
             raise UnknownProperty(device_id, path)
         return property_key, device_first
 
+    # --- queries both backends run as written ----------------------------------------------------
+    # Written with ``?`` placeholders; a backend whose driver numbers them rewrites them in _sql.
+
+    def _sql(self, query: str) -> str:
+        """``query`` in the backend's placeholder style (``?`` as it is)."""
+        return query
+
+    async def _select_device_ids(self) -> list[str]:
+        return [r[0] for r in await self._fetch("SELECT device_id FROM devices")]
+
+    async def _select_device(self, device_id: str) -> tuple[int, int] | None:
+        """(id, first time) of the device, None if unknown."""
+        row = await self._fetchone(
+            self._sql("SELECT id, first_t FROM devices WHERE device_id = ?"), device_id
+        )
+        return None if row is None else (row[0], row[1])
+
+    async def _select_property(self, device_key: int, path: str) -> int | None:
+        row = await self._fetchone(
+            self._sql("SELECT id FROM properties WHERE device = ? AND path = ?"), device_key, path
+        )
+        return None if row is None else int(row[0])
+
+    async def _select_paths(self, device_key: int) -> list[str]:
+        rows = await self._fetch(self._sql("SELECT path FROM properties WHERE device = ?"), device_key)
+        return [r[0] for r in rows]
+
+    async def _select_last_time(self, property_key: int, low: int, high: int) -> int:
+        row = await self._fetchone(
+            self._sql(
+                "SELECT t FROM changes WHERE property = ? AND t BETWEEN ? AND ? ORDER BY t DESC LIMIT 1"
+            ),
+            property_key,
+            low,
+            high,
+        )
+        return int(row[0]) if row is not None else low
+
+    async def _select_configurations(self, device_id: str | None) -> list[tuple[str, str, int, str, str]]:
+        query = "SELECT device_id, name, saved_t, description, user_name FROM configurations"
+        if device_id is None:
+            rows = await self._fetch(query + " ORDER BY saved_t, device_id, name")
+        else:
+            rows = await self._fetch(
+                self._sql(query + " WHERE device_id = ? ORDER BY saved_t, name"), device_id
+            )
+        return [tuple(r) for r in rows]
+
+    async def _select_configuration(self, name: str, device_id: str) -> ConfigurationRow:
+        row = await self._fetchone(
+            self._sql(
+                "SELECT device_id, name, saved_t, description, user_name, config FROM configurations"
+                " WHERE device_id = ? AND name = ?"
+            ),
+            device_id,
+            name,
+        )
+        if row is None:
+            raise UnknownConfiguration(name, device_id)
+        return (row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+
     # --- what a backend provides ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        """All rows of a read-only query."""
+
+    @abc.abstractmethod
+    async def _fetchone(self, query: str, *args: Any) -> Any:
+        """The first row of a read-only query, None if there is none."""
 
     @abc.abstractmethod
     async def _insert_changes(
@@ -398,24 +469,8 @@ class ArchiveStore(abc.ABC):
         """Register the device and insert the event; returns the device's (id, first time)."""
 
     @abc.abstractmethod
-    async def _select_device_ids(self) -> list[str]: ...
-
-    @abc.abstractmethod
-    async def _select_device(self, device_id: str) -> tuple[int, int] | None:
-        """(id, first time) of the device, None if unknown."""
-
-    @abc.abstractmethod
-    async def _select_property(self, device_key: int, path: str) -> int | None: ...
-
-    @abc.abstractmethod
-    async def _select_paths(self, device_key: int) -> list[str]: ...
-
-    @abc.abstractmethod
     async def _select_points(self, property_key: int, low: int, high: int, limit: int) -> list[StoredPoint]:
         """The first ``limit`` points in [low, high] in time order."""
-
-    @abc.abstractmethod
-    async def _select_last_time(self, property_key: int, low: int, high: int) -> int: ...
 
     @abc.abstractmethod
     async def _select_reduced(
@@ -440,12 +495,6 @@ class ArchiveStore(abc.ABC):
 
     @abc.abstractmethod
     async def _insert_configurations(self, rows: list[ConfigurationRow], overwrite: bool) -> None: ...
-
-    @abc.abstractmethod
-    async def _select_configurations(self, device_id: str | None) -> list[tuple[str, str, int, str, str]]: ...
-
-    @abc.abstractmethod
-    async def _select_configuration(self, name: str, device_id: str) -> ConfigurationRow: ...
 
     @abc.abstractmethod
     async def _delete_configuration(self, name: str, device_id: str) -> None: ...
@@ -505,6 +554,14 @@ def time_ns(when: TimeLike, what: str) -> int:
     except (TypeError, ValueError) as exc:
         raise ArchiveValueError(f"{what}: cannot read {when!r} as a time: {exc}") from exc
     return timestamp_ns(stamp)
+
+
+@functools.cache
+def numbered_placeholders(query: str) -> str:
+    """``query`` with its ``?`` placeholders numbered ``$1, $2, ...`` (PostgreSQL's style); the
+    shared queries hold no other question marks."""
+    parts = query.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], start=1))
 
 
 def redact_url(url: str) -> str:
