@@ -4,15 +4,13 @@ with exit codes, rich or JSON output, a progress note for waits, and a client in
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import difflib
-import enum
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,8 +34,8 @@ from ..errors import (
     SlotRefused,
 )
 from ..hash import Hash
+from ..jsondata import json_data
 from ..signalslot import SignalSlotable, generate_instance_id
-from ..timestamp import Timestamp
 from ..transport.amqp import _redact
 
 log = structlog.get_logger(__name__)
@@ -179,23 +177,7 @@ def jsonable(value: Any) -> Any:
     """Plain JSON data of anything the framework returns (Hash, Timestamp, arrays, enums, bytes)."""
     if isinstance(value, Hash):
         return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Timestamp):
-        return value.to_iso()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    return str(value)
+    return json_data(value, jsonable)
 
 
 def print_json(value: Any) -> None:

@@ -7,24 +7,22 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import csv
 import dataclasses
-import enum
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import structlog
 
 from ..archive import ArrayRef, SavedConfiguration, open_store, redact_url
 from ..archive.store import DEFAULT_MAX_POINTS
 from ..hash import Hash, values_equal
 from ..hub import short_hostname
+from ..jsondata import json_data
 from ..signalslot import SignalSlotable, pop_default_instance, push_default_instance
 from ..timestamp import Timestamp
 from . import api
@@ -210,29 +208,13 @@ def plot_history(points: list[tuple[Timestamp, Any]], title: str, path: str) -> 
 
 
 def plain(value: Any) -> Any:
-    """JSON data of what the archive hands out, for ``--json`` (the CLI's own helper lives in a layer
-    above this one)."""
-    if isinstance(value, Timestamp):
-        return value.to_iso()
+    """JSON data of what the archive hands out, for ``--json``: array references by their shape and
+    a Hash as flat paths, the rest as the CLI shows it."""
     if isinstance(value, ArrayRef):
         return {"shape": list(value.shape), "dtype": value.dtype, "nbytes": value.nbytes}
     if isinstance(value, Hash):
         return plain(flat_values(value))
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, enum.Enum):
-        return plain(value.value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    return str(value)
+    return json_data(value, plain)
 
 
 def print_json(value: Any) -> None:
