@@ -123,6 +123,25 @@ class _Channel(Generic[B]):
         return bound
 
 
+D = TypeVar("D", bound=_Channel[Any])
+E = TypeVar("E", OutputEndpoint, InputEndpoint)
+
+
+class _BoundChannel(Generic[D, E]):
+    """What both bound channels share: the device, its declaration, the endpoint once started."""
+
+    def __init__(self, device: Device, declaration: D) -> None:
+        self.device = device
+        self.declaration = declaration
+        self.name = declaration.name
+        self.endpoint: E | None = None
+        self._stats: _StatsPublisher | None = None
+
+    @property
+    def channel_id(self) -> str:
+        return f"{self.device.device_id}:{self.name}"
+
+
 # --- output ------------------------------------------------------------------------------------------
 
 
@@ -186,20 +205,12 @@ class OutputChannel(_Channel["BoundOutputChannel"]):
         return BoundOutputChannel(device, self)
 
 
-class BoundOutputChannel:
+class BoundOutputChannel(_BoundChannel[OutputChannel, OutputEndpoint]):
     """A device's output channel: ``await write(data)``, ``await write_end_of_stream()``."""
 
     def __init__(self, device: Device, declaration: OutputChannel) -> None:
-        self.device = device
-        self.declaration = declaration
-        self.name = declaration.name
-        self.endpoint: OutputEndpoint | None = None
-        self._stats: _StatsPublisher | None = None
+        super().__init__(device, declaration)
         self._eos_task: asyncio.Task[None] | None = None  # the latest end of stream not yet sent
-
-    @property
-    def channel_id(self) -> str:
-        return f"{self.device.device_id}:{self.name}"
 
     async def start(self) -> None:
         decl, node = self.declaration, NodeView(self.device, self.name)
@@ -404,20 +415,12 @@ class InputChannel(_Channel["BoundInputChannel"]):
         return BoundInputChannel(device, self)
 
 
-class BoundInputChannel:
+class BoundInputChannel(_BoundChannel[InputChannel, InputEndpoint]):
     """A device's input channel; connections follow ``<name>.connected_output_channels``."""
 
     def __init__(self, device: Device, declaration: InputChannel) -> None:
-        self.device = device
-        self.declaration = declaration
-        self.name = declaration.name
-        self.endpoint: InputEndpoint | None = None
-        self._stats: _StatsPublisher | None = None
+        super().__init__(device, declaration)
         self._listener: Callable[[TopologyEvent], None] | None = None
-
-    @property
-    def channel_id(self) -> str:
-        return f"{self.device.device_id}:{self.name}"
 
     @property
     def _path(self) -> str:
