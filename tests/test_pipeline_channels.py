@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
+from shm_support import private_shm_dir
 from structlog.testing import capture_logs
 
 from karabo_async.errors import PipelineError
@@ -27,16 +27,7 @@ PATHS: list[Transport] = ["local", "shm", "tcp"]
 @pytest.fixture(autouse=True)
 def shm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A private shm directory and session per test; the test fails if anything is left in it."""
-    directory = f"/dev/shm/karabo-test-{uuid.uuid4().hex[:8]}"
-    os.mkdir(directory)
-    monkeypatch.setenv("KARABO_SHM_DIR", directory)
-    monkeypatch.setenv("KARABO_SESSION", f"t{uuid.uuid4().hex[:8]}")
-    yield directory
-    left = os.listdir(directory)
-    for name in left:
-        os.unlink(os.path.join(directory, name))
-    os.rmdir(directory)
-    assert left == [], "pipeline left files in the shm directory"
+    yield from private_shm_dir(monkeypatch, "pipeline left files in the shm directory")
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

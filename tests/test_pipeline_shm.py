@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import structlog
+from shm_support import private_shm_dir
 
 from karabo_async.errors import PoolExhausted, ShmFull
 from karabo_async.pipeline import InputEndpoint, ItemMeta, OutputEndpoint, cleanup_session, monitor_main
@@ -34,16 +34,7 @@ ARRAY = 200_000  # float32 elements: 800 kB, through shared memory
 
 @pytest.fixture(autouse=True)
 def shm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    directory = f"/dev/shm/karabo-test-{uuid.uuid4().hex[:8]}"
-    os.mkdir(directory)
-    monkeypatch.setenv("KARABO_SHM_DIR", directory)
-    monkeypatch.setenv("KARABO_SESSION", f"t{uuid.uuid4().hex[:8]}")
-    yield directory
-    left = os.listdir(directory)
-    for name in left:
-        os.unlink(os.path.join(directory, name))
-    os.rmdir(directory)
-    assert left == [], "files left in the shm directory"
+    yield from private_shm_dir(monkeypatch, "files left in the shm directory")
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:
