@@ -119,11 +119,18 @@ async def run(args: argparse.Namespace) -> int:
                 raise BrokerUnavailable(
                     f"connection to the broker lost while {cls.__name__} ran ({guard.reason}): {macro.status}"
                 )
-        except (asyncio.CancelledError, BrokerUnavailable):
-            if guard.gave_up:  # cancelled by the guard (stopping then may fail as well): say why
+        except (asyncio.CancelledError, Exception) as exc:
+            # Cancelled by the guard, or failing while the link is down: the link is the cause,
+            # whatever exception the library under us happened to raise while it broke.
+            if guard.gave_up:
                 raise BrokerUnavailable(
                     f"connection to the broker lost while {cls.__name__} ran ({guard.reason}); "
                     f"the run was cancelled after {guard.grace:g} s without it"
+                ) from None
+            if guard.reason and not isinstance(exc, asyncio.CancelledError | MacroError | BrokerUnavailable):
+                raise BrokerUnavailable(
+                    f"connection to the broker lost while {cls.__name__} ran ({guard.reason}): "
+                    f"{type(exc).__name__}: {exc}"
                 ) from None
             raise
         finally:

@@ -79,8 +79,10 @@ class AmqpTransport(Transport):
                 timeout=self.connect_timeout,
                 client_properties={"connection_name": f"karabo-async {self.name}"},
             )
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise BrokerUnavailable(f"cannot connect to broker {_redact(self.url)}: {exc}") from exc
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError, StopAsyncIteration) as exc:
+            # aiormq raises StopAsyncIteration when the socket closes during the handshake
+            reason = str(exc) or type(exc).__name__
+            raise BrokerUnavailable(f"cannot connect to broker {_redact(self.url)}: {reason}") from exc
         self._connection = connection
         for lane in ("declare", "publish", "slots", "topology"):
             await self._open_channel(lane)
@@ -131,7 +133,7 @@ class AmqpTransport(Transport):
             try:
                 await self._open()
                 await self._replay()
-            except (TimeoutError, BrokerUnavailable, aiormq.exceptions.AMQPError, OSError) as exc:
+            except Exception as exc:  # whatever a half-open link raises, keep trying until closed
                 log.info("reconnect attempt failed", transport=self.name, attempt=attempt, reason=str(exc))
                 await self._drop_connection()
                 continue
