@@ -89,6 +89,18 @@ def plugin_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (a clean stop), SIGKILL if it takes more than 10 s; close its pipe."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def start_server(env: dict[str, str], server_id: str, plugin_dir: Path, log: Path) -> subprocess.Popen[str]:
     """A device server subprocess, returned once it says it is online."""
     with log.open("w") as err:
@@ -128,14 +140,7 @@ def server(broker_url: str, domain: str, plugin_dir: Path, tmp_path: Path) -> It
     try:
         yield "srv"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 # --- argument handling ------------------------------------------------------------------------------

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import REPO, cli_env, karabo, one_line_error, start_server
+from test_cli import REPO, cli_env, karabo, one_line_error, start_server, stop_process
 
 from karabo_async.commands.common import EXIT_ERROR, EXIT_USAGE
 
@@ -26,14 +24,7 @@ def motor(broker_url: str, domain: str, tmp_path: Path) -> Iterator[str]:
         assert result.returncode == 0, result.stderr
         yield "motor-1"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def test_macro_run_streams_its_log_and_exits_zero(broker_url: str, domain: str, motor: str) -> None:

@@ -89,17 +89,8 @@ class PostgresStore(ArchiveStore):
         except _UNAVAILABLE as exc:
             raise ArchiveUnavailable(shown, _describe(exc)) from exc
         store = cls(shown, pool, 0)
-        try:
-            store._version = await store._migrate(target_version)
-        except BaseException:
-            await store.close()
-            raise
-        log.info("archive opened", url=shown, schema_version=store._version)
+        await store._finish_open(lambda: store._migrate(target_version))
         return store
-
-    @property
-    def schema_version(self) -> int:
-        return self._version
 
     async def close(self) -> None:
         try:

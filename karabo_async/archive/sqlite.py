@@ -74,18 +74,13 @@ class SqliteStore(ArchiveStore):
             raise ArchiveUnavailable(url, f"directory {str(Path(path).parent)!r} does not exist")
         conn = await _connect(url, path, create=True)
         store = cls(url, path, conn, 0)
-        try:
-            async with store._connection() as db:
-                store._version = await _migrate(db, url, target_version)
-        except BaseException:
-            await store.close()
-            raise
-        log.info("archive opened", url=url, schema_version=store._version)
-        return store
 
-    @property
-    def schema_version(self) -> int:
-        return self._version
+        async def migrate() -> int:
+            async with store._connection() as db:
+                return await _migrate(db, url, target_version)
+
+        await store._finish_open(migrate)
+        return store
 
     async def close(self) -> None:
         db, self._db = self._db, None

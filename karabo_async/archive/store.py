@@ -10,11 +10,13 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
+
+import structlog
 
 from ..errors import (
     ArchiveTypeError,
@@ -117,6 +119,9 @@ class SavedConfiguration(ConfigurationInfo):
 ConfigurationRow = tuple[str, str, int, str, str, bytes]
 
 
+log = structlog.get_logger(__name__)
+
+
 class ArchiveStore(abc.ABC):
     """Storage of property history, device schemas, instance events and saved configurations.
 
@@ -142,10 +147,21 @@ class ArchiveStore(abc.ABC):
     async def close(self) -> None:
         """Release the database connections."""
 
+    _version = 0
+
     @property
-    @abc.abstractmethod
     def schema_version(self) -> int:
         """The migration version of the open database."""
+        return self._version
+
+    async def _finish_open(self, migrate: Callable[[], Awaitable[int]]) -> None:
+        """Bring the schema up to date, or close again: an open store is always a migrated one."""
+        try:
+            self._version = await migrate()
+        except BaseException:
+            await self.close()
+            raise
+        log.info("archive opened", url=self.url, schema_version=self._version)
 
     # --- writing ----------------------------------------------------------------------------------
 
