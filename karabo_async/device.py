@@ -21,7 +21,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
@@ -205,11 +205,6 @@ class Device(Configurable):
     locked_by: str = Property("", readonly=True, description="Instance holding the device's lock, if any")
     last_command: str = Property("", readonly=True, description="The last slot called", archive=False)
     log_level: str = Property("INFO", options=LOG_LEVELS, description="Log level of this device")
-
-    _standard: ClassVar[tuple[str, ...]] = (
-        "device_id", "class_id", "server_id", "host", "pid", "state", "status",
-        "alarm_condition", "alarm_properties", "locked_by", "last_command", "log_level",
-    )  # fmt: skip
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

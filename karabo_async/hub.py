@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -30,9 +30,6 @@ from .errors import BrokerUnavailable, DecodeError, InstanceIdInUse, QueueLocked
 from .topology import Topology
 from .transport import Transport, create_transport, default_broker, default_domain
 from .wire import Kind, Message, Names, check_instance_id
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger(__name__)
 
@@ -323,6 +320,3 @@ class Hub:
         for member in list(self.members.values()):
             if queue == self.names.instance_queue(member.instance_id):
                 member.queue_lost(exc)
-
-
-HubFactory = Callable[[], Hub]
